@@ -1,0 +1,197 @@
+#include "model.h"
+
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/script.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+namespace vivace {
+
+namespace {
+
+const char* kMetadataFile = "vivace_metadata.txt";  // TorchScript extra file: "key=value" lines
+
+std::vector<std::string> split_words(const std::string& s) {
+  std::istringstream in(s);
+  std::vector<std::string> words;
+  for (std::string w; in >> w;) words.push_back(w);
+  return words;
+}
+
+double to_double(const std::string& key, const std::string& value) {
+  try {
+    size_t pos = 0;
+    double v = std::stod(value, &pos);
+    if (pos != value.size()) throw std::invalid_argument(value);
+    return v;
+  } catch (const std::exception&) {
+    throw Error("artifact metadata '" + key + "' is not a number: '" + value + "'");
+  }
+}
+
+std::map<std::string, std::string> parse_key_values(const std::string& text) {
+  std::map<std::string, std::string> out;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    auto eq = line.find('=');
+    if (eq != std::string::npos) out[line.substr(0, eq)] = line.substr(eq + 1);
+  }
+  return out;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+}  // namespace
+
+Metadata Metadata::parse(const std::map<std::string, std::string>& raw) {
+  auto get = [&](const std::string& key) -> const std::string& {
+    auto it = raw.find(key);
+    if (it == raw.end())
+      throw Error("artifact metadata has no '" + key + "': this file was not written by `vivace export`");
+    return it->second;
+  };
+  Metadata m;
+  m.raw = raw;
+  m.contract_version = static_cast<int>(to_double("contract_version", get("contract_version")));
+  if (m.contract_version != kContractVersion)
+    throw Error("artifact contract version " + std::to_string(m.contract_version) +
+                " is not supported by this build (expects " + std::to_string(kContractVersion) +
+                "); re-export the model with a matching vivace");
+  m.model_kind = get("model_kind");
+  m.type_names = split_words(get("type_names"));
+  if (m.type_names.empty()) throw Error("artifact metadata lists no type names");
+  m.r_max = to_double("r_max", get("r_max"));
+  if (!(m.r_max > 0.0)) throw Error("artifact metadata r_max must be positive");
+  auto cut = raw.find("edge_type_cutoffs");
+  if (cut != raw.end() && !cut->second.empty()) {
+    for (const auto& w : split_words(cut->second)) m.edge_type_cutoffs.push_back(to_double("edge_type_cutoffs", w));
+    size_t t = m.type_names.size();
+    if (m.edge_type_cutoffs.size() != t * t)
+      throw Error("artifact metadata edge_type_cutoffs has " + std::to_string(m.edge_type_cutoffs.size()) +
+                  " entries, expected " + std::to_string(t * t));
+  }
+  m.message_passing_depth = static_cast<int>(to_double("message_passing_depth", get("message_passing_depth")));
+  m.model_dtype = get("model_dtype");
+  m.units = get("units");
+  m.device = get("device");
+  return m;
+}
+
+double Metadata::cutoff(int center_type, int neighbor_type) const {
+  if (edge_type_cutoffs.empty()) return r_max;
+  return edge_type_cutoffs[static_cast<size_t>(center_type) * type_names.size() + neighbor_type];
+}
+
+struct Model::Impl {
+  std::string path;
+  std::string format;
+  Metadata metadata;
+  torch::Device device{torch::kCPU};
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> aoti;
+  torch::jit::Module script;
+
+  std::vector<torch::Tensor> run(std::vector<torch::Tensor> inputs) {
+    if (aoti) return aoti->run(inputs);
+    std::vector<torch::jit::IValue> args(inputs.begin(), inputs.end());
+    auto out = script.forward(args).toTuple();
+    return {out->elements().at(0).toTensor(), out->elements().at(1).toTensor()};
+  }
+};
+
+Model::Model(const std::string& path, int device_index) : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  if (!std::ifstream(path, std::ios::binary).good())
+    throw Error("cannot open model artifact '" + path + "': no such file or not readable");
+  if (device_index >= 0) impl_->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_index));
+  const std::string want_device = device_index >= 0 ? "cuda" : "cpu";
+
+  try {
+    std::map<std::string, std::string> raw;
+    if (ends_with(path, ".pt2")) {
+      impl_->format = "aotinductor";
+      impl_->aoti = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+          path, "model", false, 1, static_cast<c10::DeviceIndex>(device_index));
+      for (const auto& kv : impl_->aoti->get_metadata()) raw[kv.first] = kv.second;
+    } else if (ends_with(path, ".pth") || ends_with(path, ".pt")) {
+      impl_->format = "torchscript";
+      torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+      impl_->script = torch::jit::load(path, impl_->device, extra);
+      impl_->script.eval();
+      raw = parse_key_values(extra[kMetadataFile]);
+    } else {
+      throw Error("model artifact '" + path + "' must end in .pt2 (AOTInductor) or .pth (TorchScript)");
+    }
+    impl_->metadata = Metadata::parse(raw);
+  } catch (const c10::Error& e) {
+    throw Error("cannot load model artifact '" + path + "' as " + impl_->format + ": " +
+                e.what_without_backtrace());
+  }
+  if (impl_->metadata.device != want_device)
+    throw Error("model artifact '" + path + "' was compiled for " + impl_->metadata.device +
+                " but is being run on " + want_device + "; export it again with --device " + want_device);
+}
+
+Model::~Model() = default;
+
+const Metadata& Model::metadata() const { return impl_->metadata; }
+const std::string& Model::format() const { return impl_->format; }
+
+void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces) {
+  std::fill(atomic_energy, atomic_energy + g.num_nodes, 0.0);
+  std::fill(edge_forces, edge_forces + 3 * g.num_edges, 0.0);
+  // No local node: nothing counts, nothing moves. No node at all: nothing to run.
+  if (g.num_nodes == 0 || g.num_local == 0) return;
+
+  for (int64_t i = 0; i < g.num_nodes; ++i)
+    if (g.atom_types[i] < 0 || g.atom_types[i] >= impl_->metadata.num_types())
+      throw Error("atom type index " + std::to_string(g.atom_types[i]) + " is outside the model's " +
+                  std::to_string(impl_->metadata.num_types()) + " types");
+
+  // A graph without edges is padded with one self-edge beyond every cutoff: it contributes exactly zero,
+  // and the model still returns each node's isolated-atom energy.
+  const int64_t E = std::max<int64_t>(g.num_edges, 1);
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  torch::Tensor vectors, index;
+  if (g.num_edges == 0) {
+    double far = impl_->metadata.r_max;
+    for (double c : impl_->metadata.edge_type_cutoffs) far = std::max(far, c);
+    vectors = torch::zeros({1, 3}, f64);
+    vectors[0][0] = 2.0 * far + 1.0;
+    index = torch::zeros({2, 1}, i64);
+  } else {
+    vectors = torch::from_blob(const_cast<double*>(g.edge_vectors), {E, 3}, f64);
+    index = torch::stack({torch::from_blob(const_cast<int64_t*>(g.edge_center), {E}, i64),
+                          torch::from_blob(const_cast<int64_t*>(g.edge_neighbor), {E}, i64)});
+  }
+  auto types = torch::from_blob(const_cast<int64_t*>(g.atom_types), {g.num_nodes}, i64);
+  auto n_local = torch::tensor(g.num_local, i64);
+
+  std::vector<torch::Tensor> out;
+  try {
+    const auto& dev = impl_->device;
+    out = impl_->run({vectors.to(dev), index.to(dev), types.to(dev), n_local.to(dev)});
+  } catch (const c10::Error& e) {
+    throw Error(std::string("model evaluation failed: ") + e.what_without_backtrace());
+  }
+  if (out.size() != 2) throw Error("model artifact returned " + std::to_string(out.size()) + " outputs, expected 2");
+  auto energy = out[0].to(torch::kCPU, torch::kFloat64).contiguous();
+  auto forces = out[1].to(torch::kCPU, torch::kFloat64).contiguous();
+  if (energy.numel() != g.num_nodes || forces.numel() != 3 * E)
+    throw Error("model artifact returned outputs of the wrong shape");
+  std::copy_n(energy.data_ptr<double>(), g.num_nodes, atomic_energy);
+  if (g.num_edges > 0) std::copy_n(forces.data_ptr<double>(), 3 * g.num_edges, edge_forces);
+}
+
+void set_num_threads(int n) {
+  if (n > 0) at::set_num_threads(n);
+}
+int get_num_threads() { return at::get_num_threads(); }
+
+}  // namespace vivace

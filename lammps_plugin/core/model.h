@@ -1,0 +1,73 @@
+// vivace inference core: loads an exported artifact (.pt2 AOTInductor or .pth TorchScript) and evaluates it
+// under the artifact contract (edge vectors in; atomic energies and edge forces out). No torch types leak
+// through this header, so the LAMMPS glue and the Python bindings compile without torch headers.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace vivace {
+
+constexpr int kContractVersion = 1;
+
+// Any failure to load or evaluate an artifact; what() is one clear sentence, no backtrace.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Metadata {
+  std::map<std::string, std::string> raw;
+  int contract_version = 0;
+  std::string model_kind;               // "allegro" | "nequip"
+  std::vector<std::string> type_names;  // model type index -> element name
+  double r_max = 0.0;
+  std::vector<double> edge_type_cutoffs;  // T*T row-major (center, neighbor); empty: r_max for all
+  int message_passing_depth = 1;
+  std::string model_dtype;  // "float32" | "float64"
+  std::string units;        // LAMMPS units style of the training data, e.g. "metal"
+  std::string device;       // "cpu" | "cuda"
+
+  int num_types() const { return static_cast<int>(type_names.size()); }
+  double cutoff(int center_type, int neighbor_type) const;
+  static Metadata parse(const std::map<std::string, std::string>& raw);
+};
+
+// A graph in the contract's layout. Pointers are borrowed for the duration of evaluate().
+struct Graph {
+  const double* edge_vectors = nullptr;  // (E,3) r_ij = x_j - x_i
+  const int64_t* edge_center = nullptr;  // (E,)  i
+  const int64_t* edge_neighbor = nullptr;  // (E,) j
+  const int64_t* atom_types = nullptr;   // (N,)
+  int64_t num_nodes = 0;
+  int64_t num_edges = 0;
+  int64_t num_local = 0;
+};
+
+class Model {
+ public:
+  // device_index < 0: CPU, otherwise the CUDA device with that index.
+  explicit Model(const std::string& path, int device_index = -1);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const Metadata& metadata() const;
+  const std::string& format() const;  // "aotinductor" | "torchscript"
+
+  // Writes atomic_energy (N,) and edge_forces (E,3) = dE_local/dr_ij, both float64.
+  void evaluate(const Graph& graph, double* atomic_energy, double* edge_forces);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+void set_num_threads(int n);
+int get_num_threads();
+
+}  // namespace vivace

@@ -1,0 +1,92 @@
+"""ASE calculator for a vivace checkpoint (eager model) or an exported artifact (the C++ core)."""
+
+import os
+from typing import Tuple
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+
+from .data import neighbor_graph
+
+
+class _EagerBackend:
+    def __init__(self, model, spec):
+        from .models import EdgeForceModel
+
+        self.model = EdgeForceModel(model).eval()
+        self.type_names = list(spec["type_names"])
+        self.r_max = float(spec["hyperparameters"]["r_max"])
+
+    def evaluate(self, vectors, edge_index, types, n_local):
+        energy, forces = self.model(
+            torch.from_numpy(vectors), torch.from_numpy(edge_index), torch.from_numpy(types), torch.tensor(n_local)
+        )
+        return energy.detach().numpy(), forces.detach().numpy()
+
+
+class _ArtifactBackend:
+    def __init__(self, path: str):
+        from . import _core
+
+        self.model = _core.Model(path)
+        self.type_names = list(self.model.type_names)
+        self.r_max = float(self.model.r_max)
+
+    def evaluate(self, vectors, edge_index, types, n_local):
+        return self.model.evaluate(vectors, edge_index, types, n_local)
+
+
+def load_backend(path_or_model):
+    """A checkpoint (*.ckpt) runs eagerly in Python; a .pt2/.pth artifact runs through the C++ core."""
+    if isinstance(path_or_model, str):
+        if path_or_model.endswith((".pt2", ".pth", ".pt")):
+            return _ArtifactBackend(path_or_model)
+        from .checkpoint import load_checkpoint, model_from_checkpoint
+
+        return _EagerBackend(*model_from_checkpoint(load_checkpoint(path_or_model)))
+    model, spec = path_or_model
+    return _EagerBackend(model, spec)
+
+
+def edge_results(atoms, backend) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(atomic energies, edge forces, edge vectors, edge index) of an ASE Atoms object."""
+    index = {name: k for k, name in enumerate(backend.type_names)}
+    symbols = atoms.get_chemical_symbols()
+    unknown = sorted(set(symbols) - set(index))
+    if unknown:
+        raise ValueError(f"element(s) {unknown} are not in the model ({backend.type_names})")
+    types = np.array([index[s] for s in symbols], dtype=np.int64)
+    edge_index, shifts = neighbor_graph(atoms.positions, atoms.cell.array, atoms.pbc, backend.r_max)
+    vectors = atoms.positions[edge_index[1]] - atoms.positions[edge_index[0]] + shifts
+    energies, edge_forces = backend.evaluate(vectors, edge_index, types, len(atoms))
+    return energies, edge_forces, vectors, edge_index
+
+
+class VivaceCalculator(Calculator):
+    """Energy, forces, stress (periodic cells) and per-atom energies from a checkpoint or an artifact."""
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+    def __init__(self, model: str, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(model, str) and not os.path.exists(model):
+            raise FileNotFoundError(f"model file '{model}' does not exist")
+        self.backend = load_backend(model)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        atoms = self.atoms
+        energies, g, vectors, edge_index = edge_results(atoms, self.backend)
+        forces = np.zeros((len(atoms), 3))
+        np.add.at(forces, edge_index[0], g)
+        np.add.at(forces, edge_index[1], -g)
+        self.results = {
+            "energy": float(energies.sum()),
+            "free_energy": float(energies.sum()),
+            "energies": energies,
+            "forces": forces,
+        }
+        if atoms.cell.rank == 3:
+            stress = g.T @ vectors / atoms.get_volume()  # sigma_ab = (1/V) sum_e g_a r_b
+            self.results["stress"] = stress.ravel()[[0, 4, 8, 5, 2, 1]]

@@ -1,0 +1,70 @@
+"""The `vivace` command: train, export, info, demo."""
+
+import argparse
+import sys
+
+
+def _train(args):
+    from .training import train
+
+    run_dir = train(args.config)
+    print(f"vivace train: checkpoints in {run_dir}/best.ckpt and {run_dir}/last.ckpt")
+
+
+def _export(args):
+    from .export import export
+
+    path = export(args.checkpoint, args.output, fmt=args.format, device=args.device)
+    print(f"vivace export: wrote {path}")
+
+
+def _info(args):
+    from . import _core
+
+    model = _core.Model(args.artifact)
+    print(f"{args.artifact}: {model.format}")
+    for key, value in sorted(model.metadata.items()):
+        print(f"  {key}: {value}")
+
+
+def _demo(args):
+    from .demo import main as demo_main
+
+    demo_main(args.out, minutes=args.minutes)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="vivace", description="equivariant interatomic potentials for LAMMPS")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("config")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("export", help="export a checkpoint as a .pt2 (AOTInductor) or .pth (TorchScript) artifact")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--format", choices=["aotinductor", "torchscript"], default=None)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("info", help="print an artifact's metadata")
+    p.add_argument("artifact")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("demo", help="data -> training -> export -> LAMMPS MD, with accuracy and speed")
+    p.add_argument("--out", default="demo_output")
+    p.add_argument("--minutes", type=float, default=4.0, help="training time budget")
+    p.set_defaults(func=_demo)
+
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"vivace {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

