@@ -7,12 +7,11 @@ import sys
 
 import ase.io
 import numpy as np
-import pytest
 from ase.calculators.emt import EMT
 
 from conftest import alloy
 from vivace.calculators import VivaceCalculator
-from vivace.lammps_run import run_lammps, write_data
+from vivace.lammps_run import read_thermo, run_lammps, write_data
 
 
 def emt_frames(n, seed):
@@ -71,8 +70,8 @@ run 20
         str(tmp_path / "md"),
         nprocs=2,
     )
-    rows = [l.split() for l in text.splitlines() if re.match(r"^\s*\d+\s+-?\d", l)]
-    assert [int(r[0]) for r in rows] == [0, 10, 20]
-    assert all(np.isfinite(float(v)) for r in rows for v in r)
+    thermo = read_thermo(text)
+    assert thermo["Step"].tolist() == [0, 10, 20]
+    assert all(np.isfinite(column).all() for column in thermo.values())
     atoms.calc = VivaceCalculator(str(tmp_path / "model.pt2"))
-    assert abs(float(rows[0][1]) - atoms.get_potential_energy()) < 1e-8 * abs(atoms.get_potential_energy())
+    assert abs(thermo["PotEng"][0] - atoms.get_potential_energy()) < 1e-8 * abs(atoms.get_potential_energy())

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .lammps_run import read_dump, run_lammps
+from .lammps_run import read_dump_frames, read_thermo, run_lammps
 
 LATTICE = 3.615  # fcc copper, A
 MASS = 63.546
@@ -55,13 +55,8 @@ run {frames * every - 1}
 """
     run_lammps(script, workdir)
     cell = np.eye(3) * 3 * a
-    with open(os.path.join(workdir, "frames.dump")) as f:
-        chunks = f.read().split("ITEM: TIMESTEP")[1:]
     out = []
-    for chunk in chunks:
-        lines = chunk.strip().splitlines()
-        start = next(k for k, l in enumerate(lines) if l.startswith("ITEM: ATOMS")) + 1
-        rows = np.array([[float(v) for v in l.split()] for l in lines[start:]])
+    for rows in read_dump_frames(os.path.join(workdir, "frames.dump")):
         atoms = Atoms("Cu" * len(rows), positions=rows[:, 1:4], cell=cell, pbc=True)
         atoms.calc = SinglePointCalculator(atoms, energy=float(rows[:, 7].sum()), forces=rows[:, 4:7])
         out.append(atoms)
@@ -154,14 +149,7 @@ run {steps}
     text = run_lammps(script, workdir, nprocs=nprocs)
     loop = re.search(r"Loop time of ([\d.eE+-]+) on (\d+) procs for (\d+) steps with (\d+) atoms", text)
     seconds, _, nsteps, natoms = float(loop[1]), int(loop[2]), int(loop[3]), int(loop[4])
-    header = next(k for k, l in enumerate(text.splitlines()) if l.split()[:2] == ["Step", "Temp"])
-    rows = []
-    for line in text.splitlines()[header + 1 :]:
-        parts = line.split()
-        if not parts or not parts[0].isdigit():
-            break
-        rows.append([float(v) for v in parts])
-    thermo = np.array(rows)
+    thermo = read_thermo(text)
     return seconds, nsteps, natoms, thermo
 
 
@@ -196,8 +184,8 @@ def main(out: str = "demo_output", minutes: float = 4.0):
     seconds, nsteps, natoms, thermo = nve_run(out, artifact, steps, nprocs=1, threads=threads)
     timings["md"] = time.monotonic() - t
 
-    time_ps = thermo[:, 0] * 0.001
-    etotal = thermo[:, 4]
+    time_ps = thermo["Step"] * 0.001
+    etotal = thermo["TotEng"]
     drift = np.polyfit(time_ps, etotal / natoms, 1)[0] * 1000  # meV/atom/ps
     spread = (etotal.max() - etotal.min()) / natoms * 1000
     total = time.monotonic() - t0
@@ -206,7 +194,7 @@ def main(out: str = "demo_output", minutes: float = 4.0):
     print(f"  force error on {n_test} unseen EAM frames: MAE {f_mae:.1f} meV/A, RMSE {f_rmse:.1f} meV/A")
     print(f"  energy error on unseen frames: MAE {e_mae:.2f} meV/atom")
     print(f"  NVE energy drift over {nsteps} steps ({time_ps[-1]:.1f} ps, T0 = 1200 K): {drift:+.3f} meV/atom/ps, "
-          f"max excursion {spread:.3f} meV/atom; mean T {thermo[:, 1].mean():.0f} K")
+          f"max excursion {spread:.3f} meV/atom; mean T {thermo['Temp'].mean():.0f} K")
     print(f"  speed: {nsteps / seconds:.1f} timesteps/s, {seconds / nsteps / natoms * 1e6:.1f} us/atom-step "
           f"({natoms} atoms, 1 MPI rank x {threads} torch threads)")
     print(f"  wall time: data {timings['data']:.0f} s, training {timings['train']:.0f} s, export {timings['export']:.0f} s, "

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -72,13 +72,32 @@ class SinglePoint:
     output: str
 
 
-def read_dump(path: str) -> np.ndarray:
-    """Rows of the last snapshot of a `dump custom` text file, sorted by the first column (atom ID)."""
+def read_dump_frames(path: str) -> List[np.ndarray]:
+    """Rows of every snapshot of a `dump custom` text file, each sorted by its first column (atom ID)."""
     with open(path) as f:
-        lines = f.read().splitlines()
-    start = max(k for k, l in enumerate(lines) if l.startswith("ITEM: ATOMS")) + 1
-    rows = np.array([[float(v) for v in l.split()] for l in lines[start:] if l.strip()])
-    return rows[np.argsort(rows[:, 0])]
+        snapshots = f.read().split("ITEM: TIMESTEP")[1:]
+    frames = []
+    for snapshot in snapshots:
+        lines = snapshot.strip().splitlines()
+        start = next(k for k, l in enumerate(lines) if l.startswith("ITEM: ATOMS")) + 1
+        rows = np.array([[float(v) for v in l.split()] for l in lines[start:] if l.strip()])
+        frames.append(rows[np.argsort(rows[:, 0])])
+    return frames
+
+
+def read_thermo(output: str) -> Dict[str, np.ndarray]:
+    """The first thermo table of a LAMMPS run's screen output, one array per column (keyed by header)."""
+    lines = output.splitlines()
+    header = next(k for k, l in enumerate(lines) if l.split()[:1] == ["Step"])
+    names = lines[header].split()
+    rows = []
+    for line in lines[header + 1 :]:
+        parts = line.split()
+        if len(parts) != len(names) or not parts[0].isdigit():
+            break
+        rows.append([float(v) for v in parts])
+    table = np.array(rows)
+    return {name: table[:, k] for k, name in enumerate(names)}
 
 
 def single_point(atoms, pair_lines: str, type_names: Sequence[str], workdir: str, nprocs: int = 1,
@@ -107,7 +126,7 @@ print "RESULT $(pe:%.17g) $(c_virial[1]:%.17g) $(c_virial[2]:%.17g) $(c_virial[3
     values = [float(v) for v in next(l for l in out.splitlines() if l.startswith("RESULT")).split()[1:]]
     xx, yy, zz, xy, xz, yz = values[1:]
     pressure = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
-    rows = read_dump(os.path.join(workdir, "forces.dump"))
+    rows = read_dump_frames(os.path.join(workdir, "forces.dump"))[-1]
     return SinglePoint(
         energy=values[0],
         energies=rows[:, 4],
