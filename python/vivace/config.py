@@ -18,17 +18,8 @@ DEFAULTS: Dict[str, Any] = {
         "kind": "allegro",
         "dtype": "float64",
         "type_names": None,
-        "r_max": 5.0,
-        "l_max": 2,
-        "num_layers": 2,
-        "num_scalar_features": 64,
-        "num_tensor_features": 16,
-        "num_bessel": 8,
-        "polynomial_p": 6,
-        "type_embedding_dim": 16,
-        "two_body_hidden": [64],
-        "latent_hidden": [64],
-        "readout_hidden": [32],
+        "neighbor_normalization": "global",  # or "per_type": 1/sqrt(avg neighbors of the center's type)
+        # plus the hyperparameters of the chosen kind: see model_defaults()
     },
     "training": {
         "max_epochs": 100,
@@ -44,7 +35,23 @@ DEFAULTS: Dict[str, Any] = {
 }
 
 # Model keys that describe the run rather than the network's hyperparameters.
-MODEL_META_KEYS = ("kind", "dtype", "type_names")
+MODEL_META_KEYS = ("kind", "dtype", "type_names", "neighbor_normalization")
+# Hyperparameters the trainer derives from the data (or the top-level config) rather than the user.
+DERIVED_KEYS = ("avg_num_neighbors", "energy_shift", "energy_scale", "units")
+DEFAULT_R_MAX = 5.0
+
+
+def model_defaults(kind: str) -> Dict[str, Any]:
+    """The model section's keys and defaults for one model kind."""
+    from .models import hyperparameter_defaults
+
+    try:
+        hyper = hyperparameter_defaults(kind)
+    except ValueError as e:
+        raise ConfigError(f"config key 'model.kind': {e}") from None
+    hyper = {k: v for k, v in hyper.items() if k not in DERIVED_KEYS}
+    hyper["r_max"] = DEFAULT_R_MAX
+    return {**DEFAULTS["model"], **hyper}
 
 
 class ConfigError(ValueError):
@@ -79,11 +86,17 @@ def load_config(source) -> Dict[str, Any]:
             raise ConfigError(f"config file '{source}' is not valid YAML: {e}") from None
     if not isinstance(user, dict):
         raise ConfigError("the config must be a mapping of keys to values")
-    config = _merge(DEFAULTS, user, "")
+    model = user.get("model") or {}
+    if not isinstance(model, dict):
+        raise ConfigError("config key 'model' must be a mapping")
+    defaults = {**DEFAULTS, "model": model_defaults(model.get("kind", DEFAULTS["model"]["kind"]))}
+    config = _merge(defaults, user, "")
     if not config["data"]["train"]:
         raise ConfigError("config key 'data.train' (path to the training structures) is required")
     if config["model"]["dtype"] not in ("float32", "float64"):
         raise ConfigError("config key 'model.dtype' must be float32 or float64")
+    if config["model"]["neighbor_normalization"] not in ("global", "per_type"):
+        raise ConfigError("config key 'model.neighbor_normalization' must be global or per_type")
     return config
 
 

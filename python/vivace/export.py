@@ -23,15 +23,16 @@ class ExportError(RuntimeError):
     pass
 
 
-def artifact_metadata(spec: Dict, device: str, fmt: str) -> Dict[str, str]:
+def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str) -> Dict[str, str]:
     hyper = spec["hyperparameters"]
+    r_cut = model.r_cut
     return {
         "contract_version": str(CONTRACT_VERSION),
         "model_kind": spec["kind"],
         "type_names": " ".join(spec["type_names"]),
         "r_max": repr(float(hyper["r_max"])),
-        "edge_type_cutoffs": "",
-        "message_passing_depth": "1",
+        "edge_type_cutoffs": "" if r_cut is None else " ".join(repr(float(c)) for c in r_cut.flatten()),
+        "message_passing_depth": str(model.message_passing_depth),
         "model_dtype": spec["dtype"],
         "units": spec.get("units", "metal"),
         "device": device,
@@ -115,7 +116,7 @@ def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str 
     for p in model.parameters():
         p.requires_grad_(False)
     wrapper = EdgeForceModel(model).eval()
-    metadata = artifact_metadata(spec, device, fmt)
+    metadata = artifact_metadata(model, spec, device, fmt)
     vectors, edge_index, types = random_graph(len(spec["type_names"]), float(spec["hyperparameters"]["r_max"]), 8, 0)
     example = _torch_inputs(vectors, edge_index, types, len(types), device)
 

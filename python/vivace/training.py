@@ -14,6 +14,7 @@ from .checkpoint import save_checkpoint
 from .config import MODEL_META_KEYS, dump_config, load_config
 from .data import Batch, Structure, collate, read_frames, structures_from_frames, type_names_of
 from .models import EdgeForceModel, atom_forces, build_model
+from .models.common import cutoff_matrix
 
 
 def predict(model: torch.nn.Module, batch: Batch, create_graph: bool = False):
@@ -81,7 +82,11 @@ def train(config_source) -> str:
             raise ValueError(f"every {name} structure needs an energy and forces")
 
     hyper = {k: v for k, v in mcfg.items() if k not in MODEL_META_KEYS}
-    hyper["avg_num_neighbors"] = statistics.average_num_neighbors(train_set)
+    hyper["units"] = config["units"]
+    r_cut = cutoff_matrix(type_names, r_max, hyper.get("edge_type_cutoffs"))
+    hyper["avg_num_neighbors"] = statistics.average_num_neighbors(
+        train_set, len(type_names), mcfg["neighbor_normalization"] == "per_type", None if r_cut is None else r_cut.numpy()
+    )
     hyper["energy_shift"] = statistics.energy_shifts(train_set, len(type_names))
     hyper["energy_scale"] = [statistics.force_rms(train_set)] * len(type_names)
     model = build_model(mcfg["kind"], hyper, type_names, mcfg["dtype"])
@@ -98,7 +103,7 @@ def train(config_source) -> str:
     dump_config(config, os.path.join(run_dir, "config.yaml"))
     print(
         f"vivace train: {len(train_set)} training / {len(val_set)} validation structures, types {type_names}, "
-        f"avg neighbors {hyper['avg_num_neighbors']:.2f}, "
+        f"avg neighbors {np.round(hyper['avg_num_neighbors'], 2)}, "
         f"{sum(p.numel() for p in model.parameters())} parameters",
         flush=True,
     )

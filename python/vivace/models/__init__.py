@@ -1,28 +1,54 @@
 """Model construction from a config dict, and the artifact contract."""
 
+import inspect
 from typing import Any, Dict, List
 
 import torch
 
 from .allegro import Allegro
 from .contract import EdgeForceModel, atom_forces, edge_virials
+from .nequip import NequIP
 
-MODEL_KINDS = {"allegro": Allegro}
+MODEL_KINDS = {"allegro": Allegro, "nequip": NequIP}
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-def build_model(kind: str, hyperparameters: Dict[str, Any], type_names: List[str], dtype: str) -> torch.nn.Module:
+def hyperparameter_defaults(kind: str) -> Dict[str, Any]:
+    """The keyword arguments a model kind accepts, with their defaults (None where one is required)."""
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind '{kind}' (known: {', '.join(MODEL_KINDS)})")
+    signature = inspect.signature(MODEL_KINDS[kind].__init__)
+    return {
+        name: (None if p.default is inspect.Parameter.empty else p.default)
+        for name, p in signature.parameters.items()
+        if name not in ("self", "type_names")
+    }
+
+
+def build_model(kind: str, hyperparameters: Dict[str, Any], type_names: List[str], dtype: str) -> torch.nn.Module:
+    known = hyperparameter_defaults(kind)
+    unknown = sorted(set(hyperparameters) - set(known))
+    if unknown:
+        raise ValueError(f"unknown {kind} hyperparameter(s) {unknown} (known: {', '.join(sorted(known))})")
     if dtype not in DTYPES:
         raise ValueError(f"unknown model dtype '{dtype}' (known: {', '.join(DTYPES)})")
     previous = torch.get_default_dtype()
     torch.set_default_dtype(DTYPES[dtype])
     try:
-        return MODEL_KINDS[kind](num_types=len(type_names), **hyperparameters)
+        return MODEL_KINDS[kind](type_names=list(type_names), **hyperparameters)
     finally:
         torch.set_default_dtype(previous)
 
 
-__all__ = ["Allegro", "EdgeForceModel", "atom_forces", "edge_virials", "build_model", "MODEL_KINDS", "DTYPES"]
+__all__ = [
+    "Allegro",
+    "NequIP",
+    "EdgeForceModel",
+    "atom_forces",
+    "edge_virials",
+    "build_model",
+    "hyperparameter_defaults",
+    "MODEL_KINDS",
+    "DTYPES",
+]

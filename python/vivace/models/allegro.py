@@ -1,62 +1,99 @@
 """Allegro (Musaelian et al., Nat. Commun. 14, 579, 2023): a strictly local equivariant potential.
 
-Every quantity lives on an edge ij (center i, neighbor j within r_max). Scalar latents h_ij and tensor
-features V_ij are refined layer by layer through tensor products with the density of the center's
-neighborhood, rho_i = sum_k w_ik Y(r_ik) / sqrt(avg neighbors). The energy of atom i is a sum of edge
-energies over its own edges, so E_i depends only on atoms within r_max of i.
+Every quantity lives on an edge ij (center i, neighbor j within the cutoff). Scalar latents h_ij and
+tensor features V_ij (E, components, channels) are refined layer by layer through tensor products with the
+density of the center's neighborhood, rho_i = sum_k w_ik Y(r_ik) / sqrt(avg neighbors of i's type). The
+energy of atom i is a sum of edge energies over its own edges, so E_i depends only on atoms within the
+cutoff of i.
 """
 
-from typing import List
+from typing import List, Optional, Union
 
 import torch
 from e3nn import o3
 from torch import nn
 
-from ..nn import MLP, BesselBasis, ChannelwiseTensorProduct, Linear, PolynomialCutoff, irreps_dim, scatter_sum
-from ..nn.tensor_product import degree_of_component
-from .scale_shift import PerSpeciesScaleShift
+from ..nn import MLP, BesselBasis, ChannelwiseTensorProduct, Linear, PolynomialCutoff, scatter_sum
+from ..nn.tensor_product import irrep_of_component, irreps_of, scalar_components
+from .common import CutoffSpec, EnergyHead, cutoff_matrix, per_type
+
+LATENT_UPDATES = ("concat", "residual")
+
+
+class IrrepWeights(nn.Module):
+    """Per-edge, per-channel weights for each irrep of `irreps`, made from the scalar latents and spread
+    over the irreps' components: (E, num_scalar) -> (E, irreps.dim, channels)."""
+
+    def __init__(self, num_scalar: int, irreps: o3.Irreps, channels: int):
+        super().__init__()
+        self.linear = Linear(num_scalar, len(irreps) * channels)
+        self.register_buffer("irrep_index", irrep_of_component(irreps), persistent=False)
+        self.num_irreps = len(irreps)
+        self.channels = channels
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        w = self.linear(latents).view(latents.shape[0], self.num_irreps, self.channels)
+        return w.index_select(1, self.irrep_index)
 
 
 class AllegroLayer(nn.Module):
-    def __init__(self, num_scalar: int, num_tensor: int, l_max: int, l_out: int, latent_hidden: List[int]):
+    def __init__(
+        self,
+        num_scalar: int,
+        num_latent_inputs: int,
+        channels: int,
+        irreps_sh: o3.Irreps,
+        irreps_in: o3.Irreps,
+        irreps_out: o3.Irreps,
+        latent_hidden: List[int],
+        latent_update: str,
+    ):
         super().__init__()
-        self.env_weights = Linear(num_scalar, num_tensor * (l_max + 1))
-        self.tensor_product = ChannelwiseTensorProduct(l_max, l_out, num_tensor)
-        self.latent_mlp = MLP([num_scalar + num_tensor] + latent_hidden + [num_scalar])
-        self.tensor_weights = Linear(num_scalar, num_tensor * (l_out + 1))
-        self.num_tensor = num_tensor
-        self.l_max = l_max
-        self.l_out = l_out
-        self.register_buffer("degree_in", degree_of_component(l_max), persistent=False)
-        self.register_buffer("degree_out", degree_of_component(l_out), persistent=False)
+        self.env_weights = IrrepWeights(num_scalar, irreps_sh, channels)
+        self.tensor_product = ChannelwiseTensorProduct(irreps_in, irreps_sh, irreps_out, channels)
+        irreps_out = self.tensor_product.irreps_out
+        self.irreps_out = irreps_out
+        self.register_buffer("scalars", torch.tensor(scalar_components(irreps_out)), persistent=False)
+        num_scalars_out = len(scalar_components(irreps_out)) * channels
+        self.latent_mlp = MLP([num_latent_inputs * num_scalar + num_scalars_out] + latent_hidden + [num_scalar])
+        self.tensor_weights = IrrepWeights(num_scalar, irreps_out, channels)
+        self.residual = latent_update == "residual"
+        self.update_ratio = nn.Parameter(torch.ones(())) if self.residual else None
 
     def forward(
         self,
-        latents: torch.Tensor,  # (E, num_scalar)
-        features: torch.Tensor,  # (E, C, (l_max+1)^2)
-        sh: torch.Tensor,  # (E, (l_max+1)^2)
+        latents: List[torch.Tensor],  # all earlier latents, each (E, num_scalar); the last is the current one
+        features: torch.Tensor,  # (E, irreps_in.dim, channels)
+        sh: torch.Tensor,  # (E, irreps_sh.dim, 1)
         cutoff: torch.Tensor,  # (E, 1)
         center: torch.Tensor,  # (E,)
-        num_nodes: int,
-        density_norm: float,
+        density_norm: torch.Tensor,  # (N, 1, 1)
     ):
-        num_edges = latents.shape[0]
-        w = self.env_weights(latents).view(num_edges, self.num_tensor, self.l_max + 1)[:, :, self.degree_in]
-        density = scatter_sum(w * sh.unsqueeze(1), center, num_nodes) * density_norm
-        product = self.tensor_product(features, density[center])
-        latents = self.latent_mlp(torch.cat([latents, product[:, :, 0]], dim=-1)) * cutoff
-        scale = self.tensor_weights(latents).view(num_edges, self.num_tensor, self.l_out + 1)[:, :, self.degree_out]
-        return latents, product * scale
+        current = latents[-1]
+        env = self.env_weights(current) * sh
+        density = scatter_sum(env, center, density_norm.shape[0]) * density_norm
+        product = self.tensor_product(features, density.index_select(0, center))
+
+        scalars = product.index_select(1, self.scalars).flatten(1)
+        mlp_input = latents if not self.residual else [current]
+        update = self.latent_mlp(torch.cat(mlp_input + [scalars], dim=-1)) * cutoff
+        if self.update_ratio is not None:
+            c = self.update_ratio
+            update = (current + c * update) * torch.rsqrt(1.0 + c * c)
+        return update, product * self.tensor_weights(update)
 
 
 class Allegro(nn.Module):
     """Atomic energies (float64) of the nodes of a graph given its edge vectors r_ij = x_j - x_i."""
 
+    message_passing_depth = 1
+
     def __init__(
         self,
-        num_types: int,
+        type_names: List[str],
         r_max: float,
         l_max: int = 2,
+        parity: bool = True,
         num_layers: int = 2,
         num_scalar_features: int = 64,
         num_tensor_features: int = 16,
@@ -66,67 +103,85 @@ class Allegro(nn.Module):
         two_body_hidden: List[int] = [64],
         latent_hidden: List[int] = [64],
         readout_hidden: List[int] = [32],
-        avg_num_neighbors: float = 10.0,
+        latent_update: str = "concat",
+        avg_num_neighbors: Union[float, List[float]] = 10.0,
+        edge_type_cutoffs: Optional[CutoffSpec] = None,
         energy_shift: List[float] = [],
         energy_scale: List[float] = [],
+        zbl: bool = False,
+        units: str = "metal",
     ):
         super().__init__()
+        if not 0 <= l_max <= 3:
+            raise ValueError(f"Allegro l_max must be 0 to 3, not {l_max}")
+        if not 1 <= num_layers <= 4:
+            raise ValueError(f"Allegro num_layers must be 1 to 4, not {num_layers}")
+        if latent_update not in LATENT_UPDATES:
+            raise ValueError(f"latent_update must be one of {LATENT_UPDATES}, not '{latent_update}'")
+        num_types = len(type_names)
         self.r_max = float(r_max)
-        self.l_max = l_max
-        self.num_tensor = num_tensor_features
-        self.density_norm = float(avg_num_neighbors) ** -0.5
-        self.edge_energy_norm = float(2.0 * avg_num_neighbors) ** -0.5
+        avg = per_type(avg_num_neighbors, num_types, "avg_num_neighbors")
+        self.register_buffer("density_norm", avg.rsqrt())
+        self.register_buffer("edge_energy_norm", (2.0 * avg).rsqrt())
+        self.register_buffer("r_cut", cutoff_matrix(type_names, r_max, edge_type_cutoffs))
 
         self.bessel = BesselBasis(r_max, num_bessel)
         self.cutoff = PolynomialCutoff(r_max, polynomial_p)
-        self.sh = o3.SphericalHarmonics(o3.Irreps.spherical_harmonics(l_max), normalize=True, normalization="component")
+        irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        irreps_hidden = irreps_of(l_max, parity)
+        self.sh = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
         self.center_embedding = nn.Parameter(torch.randn(num_types, type_embedding_dim))
         self.neighbor_embedding = nn.Parameter(torch.randn(num_types, type_embedding_dim))
         self.two_body = MLP([num_bessel + 2 * type_embedding_dim] + two_body_hidden + [num_scalar_features])
-        self.initial_tensor_weights = Linear(num_scalar_features, num_tensor_features * (l_max + 1))
-        self.layers = nn.ModuleList(
-            [
-                AllegroLayer(
-                    num_scalar_features,
-                    num_tensor_features,
-                    l_max,
-                    0 if k == num_layers - 1 else l_max,
-                    latent_hidden,
-                )
-                for k in range(num_layers)
-            ]
-        )
+        self.initial_weights = IrrepWeights(num_scalar_features, irreps_sh, num_tensor_features)
+        layers = []
+        irreps = irreps_sh
+        for k in range(num_layers):
+            last = k == num_layers - 1
+            layer = AllegroLayer(
+                num_scalar_features,
+                k + 1 if latent_update == "concat" else 1,
+                num_tensor_features,
+                irreps_sh,
+                irreps,
+                o3.Irreps("0e") if last else irreps_hidden,
+                latent_hidden,
+                latent_update,
+            )
+            layers.append(layer)
+            irreps = layer.irreps_out
+        self.layers = nn.ModuleList(layers)
         self.readout = MLP([num_scalar_features] + readout_hidden + [1])
-        self.scale_shift = PerSpeciesScaleShift(num_types, energy_scale, energy_shift)
-        self.register_buffer("degree", degree_of_component(l_max), persistent=False)
-        assert irreps_dim(l_max) == self.sh.irreps_out.dim
+        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units)
 
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         dtype = self.center_embedding.dtype
         center, neighbor = edge_index[0], edge_index[1]
+        center_type, neighbor_type = atom_types[center], atom_types[neighbor]
         num_nodes = atom_types.shape[0]
-        num_edges = edge_vectors.shape[0]
 
-        vectors = edge_vectors.to(dtype)
-        r = torch.linalg.vector_norm(vectors, dim=-1)
-        cutoff = self.cutoff(r).unsqueeze(-1)
-        sh = self.sh(vectors)
+        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        r_cut = None if self.r_cut is None else self.r_cut[center_type, neighbor_type]
+        envelope = self.cutoff(r, r_cut)
+        cutoff = envelope.to(dtype).unsqueeze(-1)
+        sh = self.sh(edge_vectors.to(dtype)).unsqueeze(-1)
 
         two_body_input = torch.cat(
             [
-                self.bessel(r) * cutoff,
-                self.center_embedding[atom_types[center]],
-                self.neighbor_embedding[atom_types[neighbor]],
+                self.bessel(r.to(dtype)) * cutoff,
+                self.center_embedding[center_type],
+                self.neighbor_embedding[neighbor_type],
             ],
             dim=-1,
         )
-        latents = self.two_body(two_body_input) * cutoff
-        weights = self.initial_tensor_weights(latents).view(num_edges, self.num_tensor, self.l_max + 1)
-        features = weights[:, :, self.degree] * sh.unsqueeze(1)
+        latents = [self.two_body(two_body_input) * cutoff]
+        features = self.initial_weights(latents[0]) * sh
+        density_norm = self.density_norm[atom_types].view(num_nodes, 1, 1)
 
         for layer in self.layers:
-            latents, features = layer(latents, features, sh, cutoff, center, num_nodes, self.density_norm)
+            new_latents, features = layer(latents, features, sh, cutoff, center, density_norm)
+            latents.append(new_latents)
 
-        edge_energy = self.readout(latents).squeeze(-1) * self.edge_energy_norm
-        atomic_energy = scatter_sum(edge_energy.to(torch.float64), center, num_nodes)
-        return self.scale_shift(atomic_energy, atom_types)
+        edge_energy = self.readout(latents[-1]).squeeze(-1).to(torch.float64)
+        energy = scatter_sum(edge_energy, center, num_nodes) * self.edge_energy_norm[atom_types].to(torch.float64)
+        return self.head(energy, atom_types, r, envelope, edge_index)

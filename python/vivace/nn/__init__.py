@@ -1,6 +1,6 @@
 from .mlp import MLP, Linear
 from .radial import BesselBasis, PolynomialCutoff
 from .scatter import scatter_sum
-from .tensor_product import ChannelwiseTensorProduct, irreps_dim
+from .tensor_product import ChannelwiseTensorProduct
 
-__all__ = ["MLP", "Linear", "BesselBasis", "PolynomialCutoff", "scatter_sum", "ChannelwiseTensorProduct", "irreps_dim"]
+__all__ = ["MLP", "Linear", "BesselBasis", "PolynomialCutoff", "scatter_sum", "ChannelwiseTensorProduct"]

@@ -1,4 +1,5 @@
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -34,9 +35,10 @@ class PolynomialCutoff(nn.Module):
         self.r_max = float(r_max)
         self.p = float(p)
 
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
+    def forward(self, r: torch.Tensor, r_cut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`r_cut`, if given, holds each edge's own cutoff (per-edge-type cutoffs), else r_max applies."""
         p = self.p
-        x = r / self.r_max
+        x = r / self.r_max if r_cut is None else r / r_cut
         u = (
             1.0
             - 0.5 * (p + 1.0) * (p + 2.0) * torch.pow(x, p)

@@ -1,3 +1,10 @@
+"""Channel-wise tensor product over the non-zero Clebsch-Gordan entries only.
+
+Features are laid out (E, components, channels): channels innermost, so every operation below reads
+contiguous rows of `channels` numbers, and the product never builds the (components x components) outer
+product per channel.
+"""
+
 import math
 from typing import List, Tuple
 
@@ -6,53 +13,80 @@ from e3nn import o3
 from torch import nn
 
 
-def irreps_dim(l_max: int) -> int:
-    """Components of the features 0e + 1o + ... + l_max: sum of (2l+1) = (l_max+1)^2."""
-    return (l_max + 1) ** 2
+def irreps_of(l_max: int, parity: bool) -> o3.Irreps:
+    """One copy of each irrep up to l_max: all parities (parity=True) or only the spherical-harmonic
+    parity (-1)^l (parity=False)."""
+    if parity:
+        return o3.Irreps([(1, (l, p)) for l in range(l_max + 1) for p in (1, -1)])
+    return o3.Irreps.spherical_harmonics(l_max)
 
 
-def degree_of_component(l_max: int) -> torch.Tensor:
-    """For each of the (l_max+1)^2 components, its degree l."""
-    return torch.cat([torch.full((2 * l + 1,), l, dtype=torch.long) for l in range(l_max + 1)])
+def irrep_of_component(irreps: o3.Irreps) -> torch.Tensor:
+    """For each component of `irreps` (multiplicity 1 each), the index of its irrep."""
+    return torch.cat([torch.full((ir.dim,), k, dtype=torch.long) for k, (_, ir) in enumerate(irreps)])
 
 
-def allowed_paths(l_in: int, l_out: int) -> List[Tuple[int, int, int]]:
-    """Paths l1 x l2 -> l3 between features of spherical-harmonic parity (-1)^l that keep O(3) symmetry."""
+def scalar_components(irreps: o3.Irreps) -> List[int]:
+    """Component indices of the even scalars 0e (the rotation- and reflection-invariant ones)."""
+    return [int(s.start) for s, (_, ir) in zip(irreps.slices(), irreps) if ir == o3.Irrep("0e")]
+
+
+def tensor_product_paths(irreps_x: o3.Irreps, irreps_y: o3.Irreps, irreps_out: o3.Irreps) -> List[Tuple[int, int, int]]:
+    """Paths (i_x, i_y, i_out) allowed by O(3): l_out in |l_x - l_y|..l_x + l_y and p_out = p_x p_y."""
     return [
-        (l1, l2, l3)
-        for l1 in range(l_in + 1)
-        for l2 in range(l_in + 1)
-        for l3 in range(abs(l1 - l2), min(l1 + l2, l_out) + 1)
-        if (l1 + l2 + l3) % 2 == 0
+        (a, b, c)
+        for a, (_, ir_x) in enumerate(irreps_x)
+        for b, (_, ir_y) in enumerate(irreps_y)
+        for c, (_, ir_out) in enumerate(irreps_out)
+        if ir_out in ir_x * ir_y
     ]
 
 
 class ChannelwiseTensorProduct(nn.Module):
     """Channel-wise ("uuu") tensor product with one learned weight per channel and path.
 
-        out[e, c, k] = sum_p w[c, p] sum_{m,n} C_p[m, n, k] x[e, c, m] y[e, c, n]
+        out[e, k, c] = sum_p w[p, c] sum_{m, n} C_p[m, n, k] x[e, m, c] y[e, n, c]
 
-    x and y hold features 0e + 1o + ... + l_in (components in e3nn order); out holds 0e + ... + l_out.
-    C_p is the Clebsch-Gordan block of path p = (l1, l2, l3) in component normalisation. All paths are
-    folded into one per-channel kernel, so the product is a single batched matrix multiply over channels.
+    Output irreps that no path reaches are dropped (see `irreps_out`).
+    C_p is the Clebsch-Gordan block of path p in component normalisation, divided by the square root of
+    the number of paths into the same output irrep. Only the non-zero (m, n) of each output component k
+    are visited: they are grouped by k and padded to the same count P, so the product is one gather of
+    x and y, a multiply and a sum over P, which a compiler fuses into a single loop.
     """
 
-    def __init__(self, l_in: int, l_out: int, channels: int):
+    def __init__(self, irreps_x: o3.Irreps, irreps_y: o3.Irreps, irreps_out: o3.Irreps, channels: int):
         super().__init__()
-        self.paths = allowed_paths(l_in, l_out)
-        d_in, d_out = irreps_dim(l_in), irreps_dim(l_out)
-        paths_into = [sum(1 for p in self.paths if p[2] == l) for l in range(l_out + 1)]
-        cg = torch.zeros(len(self.paths), d_in, d_in, d_out, dtype=torch.float64)
-        for k, (l1, l2, l3) in enumerate(self.paths):
-            block = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt((2 * l3 + 1) / paths_into[l3])
-            cg[k, l1 * l1 : (l1 + 1) ** 2, l2 * l2 : (l2 + 1) ** 2, l3 * l3 : (l3 + 1) ** 2] = block
-        self.register_buffer("cg", cg.reshape(len(self.paths), -1).to(torch.get_default_dtype()))
-        self.weight = nn.Parameter(torch.randn(channels, len(self.paths)))
-        self.d_in = d_in
-        self.d_out = d_out
+        reachable = {c for _, _, c in tensor_product_paths(irreps_x, irreps_y, irreps_out)}
+        irreps_out = o3.Irreps([irreps_out[c] for c in sorted(reachable)])
+        if len(irreps_out) == 0:
+            raise ValueError(f"no tensor-product path from {irreps_x} x {irreps_y} reaches any wanted irrep")
+        self.irreps_out = irreps_out
+        self.paths = tensor_product_paths(irreps_x, irreps_y, irreps_out)
+        paths_into = [sum(1 for p in self.paths if p[2] == c) for c in range(len(irreps_out))]
+        sx, sy, so = irreps_x.slices(), irreps_y.slices(), irreps_out.slices()
+
+        entries: List[List[Tuple[int, int, int, float]]] = [[] for _ in range(irreps_out.dim)]
+        for k, (a, b, c) in enumerate(self.paths):
+            l1, l2, l3 = irreps_x[a].ir.l, irreps_y[b].ir.l, irreps_out[c].ir.l
+            block = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt((2 * l3 + 1) / paths_into[c])
+            for m, n, q in torch.nonzero(block.abs() > 1e-12).tolist():
+                entries[so[c].start + q].append((sx[a].start + m, sy[b].start + n, k, float(block[m, n, q])))
+
+        width = max(len(e) for e in entries)
+        pad = [e + [(0, 0, 0, 0.0)] * (width - len(e)) for e in entries]
+        self.register_buffer("index_x", torch.tensor([[t[0] for t in e] for e in pad]).flatten(), persistent=False)
+        self.register_buffer("index_y", torch.tensor([[t[1] for t in e] for e in pad]).flatten(), persistent=False)
+        self.register_buffer("path", torch.tensor([[t[2] for t in e] for e in pad]), persistent=False)
+        self.register_buffer(
+            "cg", torch.tensor([[t[3] for t in e] for e in pad], dtype=torch.get_default_dtype()), persistent=False
+        )
+        self.weight = nn.Parameter(torch.randn(len(self.paths), channels))
+        self.dim_out = irreps_out.dim
+        self.width = width
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        num_edges, channels = x.shape[0], x.shape[1]
-        kernel = (self.weight @ self.cg).view(channels, self.d_in * self.d_in, self.d_out)
-        outer = (x.unsqueeze(-1) * y.unsqueeze(-2)).reshape(num_edges, channels, self.d_in * self.d_in)
-        return torch.bmm(outer.transpose(0, 1), kernel).transpose(0, 1)
+        num_edges, channels = x.shape[0], x.shape[2]
+        coefficient = self.weight[self.path] * self.cg.unsqueeze(-1)  # (dim_out, P, channels)
+        xs = x.index_select(1, self.index_x).view(num_edges, self.dim_out, self.width, channels)
+        ys = y.index_select(1, self.index_y).view(num_edges, self.dim_out, self.width, channels)
+        return (xs * ys * coefficient).sum(2)

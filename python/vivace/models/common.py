@@ -1,0 +1,90 @@
+"""Pieces both models share: per-edge-type cutoffs, per-type neighbor normalisation, the energy head."""
+
+from typing import Dict, List, Optional, Union
+
+import torch
+from ase.data import atomic_numbers
+from torch import nn
+
+from ..nn.zbl import ZBL
+from .scale_shift import PerSpeciesScaleShift
+
+CutoffSpec = Dict[str, Union[float, Dict[str, float]]]
+
+
+def cutoff_matrix(type_names: List[str], r_max: float, edge_type_cutoffs: Optional[CutoffSpec]) -> Optional[torch.Tensor]:
+    """(T, T) cutoffs, row = center type, column = neighbor type, from {"H": {"O": 4.0}, "O-O": 3.5, "C": 4.5}.
+
+    "A-B" or {"A": {"B": r}} sets the pair A-B (both directions); "A": r sets every pair with A as center.
+    Unset pairs keep r_max. None when no cutoffs are given.
+    """
+    if not edge_type_cutoffs:
+        return None
+    index = {name: k for k, name in enumerate(type_names)}
+    matrix = torch.full((len(type_names), len(type_names)), float(r_max), dtype=torch.float64)
+
+    def lookup(name: str) -> int:
+        if name not in index:
+            raise ValueError(f"edge_type_cutoffs names element '{name}', which is not in type_names {type_names}")
+        return index[name]
+
+    def set_pair(a: str, b: str, value) -> None:
+        value = float(value)
+        if not 0.0 < value <= r_max:
+            raise ValueError(f"edge_type_cutoffs {a}-{b} = {value} must be in (0, r_max = {r_max}]")
+        matrix[lookup(a), lookup(b)] = value
+        matrix[lookup(b), lookup(a)] = value
+
+    for key, value in edge_type_cutoffs.items():
+        if isinstance(value, dict):
+            for other, v in value.items():
+                set_pair(key, other, v)
+        elif "-" in key:
+            set_pair(*key.split("-", 1), value)
+        else:
+            for other in type_names:
+                set_pair(key, other, value)
+    return matrix
+
+
+def per_type(value: Union[float, List[float]], num_types: int, what: str) -> torch.Tensor:
+    values = [float(value)] * num_types if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != num_types or min(values) <= 0:
+        raise ValueError(f"{what} needs one positive number, or one per type ({num_types})")
+    return torch.tensor(values, dtype=torch.get_default_dtype())
+
+
+class EnergyHead(nn.Module):
+    """Per-species scale and shift (float64), plus the optional ZBL repulsion over the edges."""
+
+    def __init__(
+        self,
+        type_names: List[str],
+        energy_scale: List[float],
+        energy_shift: List[float],
+        zbl: bool,
+        units: str,
+    ):
+        super().__init__()
+        self.scale_shift = PerSpeciesScaleShift(len(type_names), energy_scale, energy_shift)
+        self.zbl = None
+        if zbl:
+            unknown = [n for n in type_names if n not in atomic_numbers]
+            if unknown:
+                raise ValueError(f"ZBL needs chemical elements as type names; {unknown} are not")
+            self.zbl = ZBL([atomic_numbers[n] for n in type_names], units)
+
+    def forward(
+        self,
+        energy: torch.Tensor,  # (N,) float64
+        atom_types: torch.Tensor,
+        r: torch.Tensor,  # (E,) float64
+        envelope: torch.Tensor,  # (E,)
+        edge_index: torch.Tensor,
+    ) -> torch.Tensor:
+        atomic_energy = self.scale_shift(energy, atom_types)
+        if self.zbl is not None:
+            center, neighbor = edge_index[0], edge_index[1]
+            pair = self.zbl(r, envelope, atom_types[center], atom_types[neighbor])
+            atomic_energy = atomic_energy.index_add(0, center, pair)
+        return atomic_energy

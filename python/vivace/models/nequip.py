@@ -1,0 +1,155 @@
+"""NequIP (Batzner et al., Nat. Commun. 13, 2453, 2022): an equivariant message-passing potential.
+
+Node features are irreps; each interaction block is
+
+    x = Linear(h);  m_i = sum_j TP(x_j, Y(r_ij); w = radial MLP(B(r_ij))) / sqrt(avg neighbors of i's type)
+    h_i <- Gate(Linear(m_i) + SelfConnection(h_i, species_i))
+
+with a "uvu" convolution (one weight per channel and path, made per edge by the radial MLP). The last
+block keeps only even scalars, read out as one energy per node, minus the same readout for an isolated
+atom of that type (so an atom without neighbors has exactly its shift). After L blocks atom i depends on atoms
+up to L x r_max away, so a LAMMPS rank needs a ghost shell that deep (message_passing_depth = L).
+"""
+
+from typing import List, Optional, Union
+
+import torch
+from e3nn import o3
+from torch import nn
+
+from ..nn import MLP, BesselBasis, PolynomialCutoff, scatter_sum
+from ..nn.gate import Gate
+from .common import CutoffSpec, EnergyHead, cutoff_matrix, per_type
+
+
+def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
+    parities = lambda l: (1, -1) if parity else ((-1) ** l,)  # noqa: E731
+    return o3.Irreps([(num_features, (l, p)) for l in range(l_max + 1) for p in parities(l)])
+
+
+class Convolution(nn.Module):
+    """m_i = sum_j TP(x_j, Y_ij; w_ij) over the edges into center i, with w_ij from the radial MLP."""
+
+    def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_wanted: o3.Irreps, radial: List[int]):
+        super().__init__()
+        irreps_mid, instructions = [], []
+        for i, (mul, ir_in) in enumerate(irreps_in):
+            for j, (_, ir_sh) in enumerate(irreps_sh):
+                for ir_out in ir_in * ir_sh:
+                    if ir_out in irreps_wanted:
+                        instructions.append((i, j, len(irreps_mid), "uvu", True))
+                        irreps_mid.append((mul, ir_out))
+        irreps_mid, permutation, _ = o3.Irreps(irreps_mid).sort()
+        instructions = [(i, j, permutation[k], mode, train) for i, j, k, mode, train in instructions]
+        self.tp = o3.TensorProduct(
+            irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
+        )
+        self.radial = MLP(radial + [self.tp.weight_numel])
+        self.irreps_out = irreps_mid
+
+    def forward(self, x, sh, radial_basis, edge_index, norm):
+        messages = self.tp(x.index_select(0, edge_index[1]), sh, self.radial(radial_basis))
+        return scatter_sum(messages, edge_index[0], x.shape[0]) * norm
+
+
+class InteractionBlock(nn.Module):
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_target: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        num_types: int,
+        radial: List[int],
+        resnet: bool,
+    ):
+        super().__init__()
+        reachable = o3.Irreps([(mul, ir) for mul, ir in irreps_target if any(ir in a.ir * b.ir for a in irreps_in for b in irreps_sh)])
+        scalars = o3.Irreps([(mul, ir) for mul, ir in reachable if ir.l == 0])
+        gated = o3.Irreps([(mul, ir) for mul, ir in reachable if ir.l > 0])
+        self.gate = Gate(scalars, gated)
+        self.linear_in = o3.Linear(irreps_in, irreps_in)
+        self.convolution = Convolution(irreps_in, irreps_sh, self.gate.irreps_in, radial)
+        self.linear_out = o3.Linear(self.convolution.irreps_out, self.gate.irreps_in)
+        self.self_connection = o3.FullyConnectedTensorProduct(irreps_in, o3.Irreps(f"{num_types}x0e"), self.gate.irreps_in)
+        self.resnet = resnet and self.gate.irreps_out == irreps_in
+        self.irreps_out = self.gate.irreps_out
+
+    def forward(self, h, species, sh, radial_basis, edge_index, norm):
+        m = self.convolution(self.linear_in(h), sh, radial_basis, edge_index, norm)
+        out = self.gate(self.linear_out(m) + self.self_connection(h, species))
+        return h + out if self.resnet else out
+
+
+class NequIP(nn.Module):
+    """Atomic energies (float64) of the nodes of a graph given its edge vectors r_ij = x_j - x_i."""
+
+    def __init__(
+        self,
+        type_names: List[str],
+        r_max: float,
+        l_max: int = 2,
+        parity: bool = True,
+        num_layers: int = 4,
+        num_features: int = 32,
+        num_bessel: int = 8,
+        polynomial_p: int = 6,
+        radial_hidden: List[int] = [64, 64],
+        resnet: bool = False,
+        avg_num_neighbors: Union[float, List[float]] = 10.0,
+        edge_type_cutoffs: Optional[CutoffSpec] = None,
+        energy_shift: List[float] = [],
+        energy_scale: List[float] = [],
+        zbl: bool = False,
+        units: str = "metal",
+    ):
+        super().__init__()
+        if not 0 <= l_max <= 3:
+            raise ValueError(f"NequIP l_max must be 0 to 3, not {l_max}")
+        if num_layers < 1:
+            raise ValueError(f"NequIP num_layers must be at least 1, not {num_layers}")
+        num_types = len(type_names)
+        self.r_max = float(r_max)
+        self.message_passing_depth = num_layers
+        self.register_buffer("message_norm", per_type(avg_num_neighbors, num_types, "avg_num_neighbors").rsqrt())
+        self.register_buffer("r_cut", cutoff_matrix(type_names, r_max, edge_type_cutoffs))
+        self.register_buffer("one_hot", torch.eye(num_types), persistent=False)
+
+        self.bessel = BesselBasis(r_max, num_bessel)
+        self.cutoff = PolynomialCutoff(r_max, polynomial_p)
+        irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        self.sh = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
+        irreps = o3.Irreps(f"{num_features}x0e")
+        self.embedding = o3.Linear(o3.Irreps(f"{num_types}x0e"), irreps)
+        blocks = []
+        for k in range(num_layers):
+            last = k == num_layers - 1
+            target = o3.Irreps(f"{num_features}x0e") if last else hidden_irreps(num_features, l_max, parity)
+            block = InteractionBlock(irreps, target, irreps_sh, num_types, [num_bessel] + radial_hidden, resnet)
+            blocks.append(block)
+            irreps = block.irreps_out
+        self.blocks = nn.ModuleList(blocks)
+        self.readout = o3.Linear(irreps, o3.Irreps("0e"))
+        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units)
+
+    def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+        dtype = self.one_hot.dtype
+        num_nodes = atom_types.shape[0]
+        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        r_cut = None if self.r_cut is None else self.r_cut[atom_types[edge_index[0]], atom_types[edge_index[1]]]
+        envelope = self.cutoff(r, r_cut)
+        radial_basis = self.bessel(r.to(dtype)) * envelope.to(dtype).unsqueeze(-1)
+        sh = self.sh(edge_vectors.to(dtype))
+
+        species = self.one_hot[atom_types]
+        norm = self.message_norm[atom_types].unsqueeze(-1)
+        h = self.embedding(species)
+        # The same blocks on one isolated atom per type: its energy is subtracted, so that an atom
+        # without neighbors has exactly its shift and the energy goes smoothly there as neighbors leave.
+        h_isolated = self.embedding(self.one_hot)
+        no_edges = edge_index[:, :0]
+        for block in self.blocks:
+            h = block(h, species, sh, radial_basis, edge_index, norm)
+            h_isolated = block(h_isolated, self.one_hot, sh[:0], radial_basis[:0], no_edges, self.message_norm.unsqueeze(-1))
+        e_isolated = self.readout(h_isolated).squeeze(-1)
+        energy = (self.readout(h).squeeze(-1) - e_isolated[atom_types]).to(torch.float64)
+        return self.head(energy, atom_types, r, envelope, edge_index)

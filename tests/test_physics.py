@@ -1,0 +1,308 @@
+"""Physics of the eager models (Allegro and NequIP, float32 and float64) against independent computations.
+
+Tolerances (relative to the largest magnitude of the quantity compared):
+- symmetry, batching and periodic-image checks: 1e-10 in float64, 1e-4 in float32;
+- finite differences (central, step h): 1e-7 in float64 (h = 1e-5; truncation h^2, round-off 1e-16/h),
+  2e-3 in float32 (h = 1e-3; the float32 round-off of E divided by h dominates).
+"""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk
+
+from conftest import TYPE_NAMES, alloy
+from vivace.calculators import VivaceCalculator
+from vivace.data import collate, structures_from_frames
+from vivace.models import EdgeForceModel, build_model
+from vivace.training import predict
+
+R_MAX = 4.0
+SHIFTS = [-3.1, -2.7]
+COMMON = dict(r_max=R_MAX, avg_num_neighbors=20.0, energy_shift=SHIFTS, energy_scale=[0.8, 1.3])
+MODELS = {
+    "allegro": dict(
+        COMMON,
+        l_max=2,
+        num_layers=2,
+        num_scalar_features=16,
+        num_tensor_features=4,
+        two_body_hidden=[16],
+        latent_hidden=[16],
+        readout_hidden=[8],
+    ),
+    "nequip": dict(COMMON, l_max=2, num_layers=2, num_features=4, radial_hidden=[16]),
+}
+# Other corners of each model's options, checked for symmetry, gradients and locality in float64.
+VARIANTS = {
+    "allegro-lmax1-noparity-1layer": ("allegro", dict(MODELS["allegro"], l_max=1, parity=False, num_layers=1)),
+    "allegro-lmax3-3layers-residual": ("allegro", dict(MODELS["allegro"], l_max=3, num_layers=3, latent_update="residual")),
+    "allegro-4layers-pertype-cutoffs-zbl": (
+        "allegro",
+        dict(
+            MODELS["allegro"],
+            l_max=1,
+            num_layers=4,
+            avg_num_neighbors=[14.0, 25.0],
+            edge_type_cutoffs={"Al-Cu": 3.3, "Cu": {"Cu": 3.6}},
+            zbl=True,
+        ),
+    ),
+    "nequip-lmax1-noparity-3layers": ("nequip", dict(MODELS["nequip"], l_max=1, parity=False, num_layers=3)),
+    "nequip-lmax3-resnet-pertype-cutoffs-zbl": (
+        "nequip",
+        dict(
+            MODELS["nequip"],
+            l_max=3,
+            resnet=True,
+            avg_num_neighbors=[14.0, 25.0],
+            edge_type_cutoffs={"Al-Al": 3.5},
+            zbl=True,
+        ),
+    ),
+}
+SYMMETRY_TOL = {"float64": 1e-10, "float32": 1e-4}
+FD = {"float64": (1e-5, 1e-7), "float32": (1e-3, 2e-3)}
+
+
+def make(kind: str, hyper: dict, dtype: str, seed: int = 1):
+    torch.manual_seed(seed)
+    return build_model(kind, hyper, TYPE_NAMES, dtype).eval()
+
+
+def calculator(model, hyper):
+    return VivaceCalculator((model, {"type_names": TYPE_NAMES, "hyperparameters": hyper}))
+
+
+def results(model, hyper, atoms):
+    atoms = atoms.copy()
+    atoms.calc = calculator(model, hyper)
+    out = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(), "energies": atoms.get_potential_energies()}
+    if atoms.cell.rank == 3 and atoms.pbc.all():
+        out["stress"] = atoms.get_stress(voigt=False)
+    return out
+
+
+def close(a, b, tol):
+    a, b = np.asarray(a), np.asarray(b)
+    scale = max(np.abs(b).max(), 1e-12)
+    assert np.abs(a - b).max() <= tol * scale, f"deviation {np.abs(a - b).max() / scale:.2e} > {tol:.0e}"
+
+
+def graph_inputs(atoms, r_max=R_MAX):
+    s = structures_from_frames([atoms], TYPE_NAMES, r_max)[0]
+    vectors = atoms.positions[s.edge_index[1]] - atoms.positions[s.edge_index[0]] + s.shifts
+    return torch.from_numpy(vectors), torch.from_numpy(s.edge_index), torch.from_numpy(s.atom_types)
+
+
+both_models = pytest.mark.parametrize("kind", list(MODELS))
+both_dtypes = pytest.mark.parametrize("dtype", ["float64", "float32"])
+variants = pytest.mark.parametrize("variant", list(VARIANTS))
+
+
+@both_models
+@both_dtypes
+def test_rotation_reflection_translation(kind, dtype):
+    """Energy invariant; forces rotate as vectors and stress as a rank-2 tensor, for proper and improper R."""
+    model, hyper, tol = make(kind, MODELS[kind], dtype), MODELS[kind], SYMMETRY_TOL[dtype]
+    atoms = alloy("triclinic", seed=5)
+    ref = results(model, hyper, atoms)
+    torch.manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+    for rotation in (q.numpy(), -q.numpy()):
+        moved = atoms.copy()
+        moved.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
+        moved.positions = atoms.positions @ rotation.T + np.array([0.3, -1.7, 2.2])
+        out = results(model, hyper, moved)
+        close(out["energy"], ref["energy"], tol)
+        close(out["forces"], ref["forces"] @ rotation.T, tol)
+        close(out["stress"], rotation @ ref["stress"] @ rotation.T, tol)
+
+
+@both_models
+@both_dtypes
+def test_permutation(kind, dtype):
+    model, hyper, tol = make(kind, MODELS[kind], dtype), MODELS[kind], SYMMETRY_TOL[dtype]
+    atoms = alloy("orthogonal", seed=7)
+    order = np.random.default_rng(0).permutation(len(atoms))
+    ref, out = results(model, hyper, atoms), results(model, hyper, atoms[order])
+    close(out["energy"], ref["energy"], tol)
+    close(out["energies"], ref["energies"][order], tol)
+    close(out["forces"], ref["forces"][order], tol)
+
+
+@both_models
+@both_dtypes
+def test_forces_are_minus_finite_difference_gradient(kind, dtype):
+    model, hyper = make(kind, MODELS[kind], dtype), MODELS[kind]
+    h, tol = FD[dtype]
+    atoms = alloy("triclinic", seed=3)
+    forces = results(model, hyper, atoms)["forces"]
+    for atom, axis in [(0, 0), (5, 1), (17, 2)]:
+        energies = []
+        for sign in (1, -1):
+            displaced = atoms.copy()
+            displaced.positions[atom, axis] += sign * h
+            energies.append(results(model, hyper, displaced)["energy"])
+        fd = -(energies[0] - energies[1]) / (2 * h)
+        assert abs(fd - forces[atom, axis]) <= tol * np.abs(forces).max()
+
+
+@both_models
+@both_dtypes
+def test_stress_is_finite_strain_derivative(kind, dtype):
+    model, hyper = make(kind, MODELS[kind], dtype), MODELS[kind]
+    h, tol = FD[dtype]
+    atoms = alloy("triclinic", seed=4)
+    stress = results(model, hyper, atoms)["stress"]
+    for a, b in [(0, 0), (1, 2), (0, 1), (2, 2)]:
+        energies = []
+        for sign in (1, -1):
+            strained = atoms.copy()
+            eps = np.eye(3)
+            eps[a, b] += sign * h
+            strained.set_cell(atoms.cell.array @ eps, scale_atoms=True)
+            energies.append(results(model, hyper, strained)["energy"])
+        fd = (energies[0] - energies[1]) / (2 * h) / atoms.get_volume()
+        assert abs(fd - stress[a, b]) <= tol * np.abs(stress).max()
+
+
+@both_models
+@both_dtypes
+def test_smooth_at_cutoff(kind, dtype):
+    """A pair's energy and force go to zero continuously as its distance reaches r_max, and are exactly
+    zero beyond. The envelope is C^2 (it vanishes as (1 - x)^3), so in float64 the pair energy must fall at
+    least as delta^3 and the force as delta^2 with the distance delta to the cutoff."""
+    model = make(kind, MODELS[kind], dtype)
+    wrapper = EdgeForceModel(model)
+
+    def pair(r):
+        v = torch.tensor([[r, 0.0, 0.0], [-r, 0.0, 0.0]], dtype=torch.float64)
+        e, g = wrapper(v, torch.tensor([[0, 1], [1, 0]]), torch.tensor([0, 1]), torch.tensor(2))
+        return abs((e.detach() - torch.tensor(SHIFTS, dtype=torch.float64)).sum().item()), g.abs().max().item()
+
+    inside, beyond = pair(R_MAX - 0.5), pair(R_MAX + 1e-6)
+    assert inside[0] > 1e-6 and inside[1] > 1e-6
+    assert beyond == (0.0, 0.0)
+    if dtype == "float64":
+        far, near = pair(R_MAX * (1 - 1e-2)), pair(R_MAX * (1 - 1e-3))
+        assert near[0] <= 2e-3 * far[0] and near[1] <= 2e-2 * far[1]
+    else:
+        near = pair(R_MAX - 1e-3)
+        assert near[0] <= 1e-4 * inside[0] and near[1] <= 1e-4 * inside[1]
+
+
+@both_models
+@both_dtypes
+def test_isolated_atom_energy_is_its_shift(kind, dtype):
+    model = make(kind, MODELS[kind], dtype)
+    e, g = EdgeForceModel(model)(
+        torch.zeros(0, 3, dtype=torch.float64), torch.zeros(2, 0, dtype=torch.long), torch.tensor([0, 1]), torch.tensor(2)
+    )
+    assert torch.equal(e.detach(), torch.tensor(SHIFTS, dtype=torch.float64)) and g.shape == (0, 3)
+    atoms = Atoms("AlCu", positions=[[0, 0, 0], [2 * R_MAX, 0, 0]])
+    close(results(model, MODELS[kind], atoms)["energies"], SHIFTS, 1e-15)
+
+
+@both_models
+@both_dtypes
+def test_batch_equals_each_structure_alone(kind, dtype):
+    model, tol = make(kind, MODELS[kind], dtype), SYMMETRY_TOL[dtype]
+    frames = [alloy("orthogonal", seed=8), alloy("triclinic", seed=9), Atoms("AlCuAl", positions=[[0, 0, 0], [2.4, 0, 0], [0, 2.5, 0.3]])]
+    structures = structures_from_frames(frames, TYPE_NAMES, R_MAX)
+    energy, forces = predict(model, collate(structures))
+    offset = 0
+    for k, s in enumerate(structures):
+        e_alone, f_alone = predict(model, collate([s]))
+        close(energy[k].item(), e_alone.item(), tol)
+        close(forces[offset : offset + s.num_atoms].detach(), f_alone.detach(), tol)
+        offset += s.num_atoms
+
+
+@both_models
+@both_dtypes
+def test_periodic_images(kind, dtype):
+    """Wrapped and unwrapped positions agree, and an n-fold supercell has n times the energy."""
+    model, hyper, tol = make(kind, MODELS[kind], dtype), MODELS[kind], SYMMETRY_TOL[dtype]
+    atoms = alloy("triclinic", seed=10)
+    ref = results(model, hyper, atoms)
+    unwrapped = atoms.copy()
+    images = np.random.default_rng(1).integers(-2, 3, size=(len(atoms), 3))
+    unwrapped.positions += images @ atoms.cell.array
+    out = results(model, hyper, unwrapped)
+    close(out["energy"], ref["energy"], tol)
+    close(out["forces"], ref["forces"], tol)
+    close(out["stress"], ref["stress"], tol)
+    supercell = results(model, hyper, atoms.repeat((2, 1, 3)))
+    close(supercell["energy"], 6 * ref["energy"], tol)
+    close(supercell["forces"], np.tile(ref["forces"], (6, 1)), tol)
+    close(supercell["stress"], ref["stress"], tol)
+
+
+@variants
+def test_variant_symmetry_and_gradients(variant):
+    """Each option combination: rotation/reflection invariance and forces equal to finite differences."""
+    kind, hyper = VARIANTS[variant]
+    model = make(kind, hyper, "float64")
+    atoms = alloy("triclinic", seed=11)
+    ref = results(model, hyper, atoms)
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+    for rotation in (q.numpy(), -q.numpy()):
+        moved = atoms.copy()
+        moved.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
+        moved.positions = atoms.positions @ rotation.T
+        out = results(model, hyper, moved)
+        close(out["energy"], ref["energy"], 1e-10)
+        close(out["forces"], ref["forces"] @ rotation.T, 1e-10)
+    h, tol = FD["float64"]
+    for atom, axis in [(1, 0), (9, 2)]:
+        energies = []
+        for sign in (1, -1):
+            displaced = atoms.copy()
+            displaced.positions[atom, axis] += sign * h
+            energies.append(results(model, hyper, displaced)["energy"])
+        assert abs(-(energies[0] - energies[1]) / (2 * h) - ref["forces"][atom, axis]) <= tol * np.abs(ref["forces"]).max()
+
+
+def hops_from(edge_index: np.ndarray, start: int, num_nodes: int) -> np.ndarray:
+    """Graph distance (number of edges) from `start` to every node; -1 where unreachable."""
+    hops = np.full(num_nodes, -1)
+    hops[start], frontier, depth = 0, {start}, 0
+    while frontier:
+        depth += 1
+        nxt = set(edge_index[1][np.isin(edge_index[0], list(frontier))].tolist())
+        frontier = {k for k in nxt if hops[k] < 0}
+        hops[list(frontier)] = depth
+    return hops
+
+
+@pytest.mark.parametrize("variant", ["allegro", "nequip"] + list(VARIANTS))
+def test_receptive_field(variant):
+    """dE_0/dx_k is exactly zero when k is more than `message_passing_depth` edges from atom 0 (Allegro:
+    only atom 0 and its own neighbors matter, strictly local), and non-zero for some atom at that depth."""
+    kind, hyper = VARIANTS.get(variant, (variant, MODELS.get(variant)))
+    model = make(kind, hyper, "float64")
+    rng = np.random.default_rng(6)
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((1, 1, 8))  # a 30 A rod with open ends
+    atoms.pbc = False
+    atoms.symbols[rng.choice(len(atoms), len(atoms) // 3, replace=False)] = "Al"
+    atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
+    s = structures_from_frames([atoms], TYPE_NAMES, R_MAX)[0]
+    r_cut = model.r_cut
+    vec = atoms.positions[s.edge_index[1]] - atoms.positions[s.edge_index[0]]
+    if r_cut is not None:  # edges beyond their pair cutoff do not connect anything
+        keep = np.linalg.norm(vec, axis=1) < r_cut.numpy()[s.atom_types[s.edge_index[0]], s.atom_types[s.edge_index[1]]]
+        graph = s.edge_index[:, keep]
+    else:
+        graph = s.edge_index
+    positions = torch.from_numpy(atoms.positions).requires_grad_(True)
+    ei = torch.from_numpy(s.edge_index)
+    atomic = model(positions[ei[1]] - positions[ei[0]], ei, torch.from_numpy(s.atom_types))
+    (grad,) = torch.autograd.grad(atomic[0], positions)
+    hops = hops_from(graph, 0, len(atoms))
+    depth = model.message_passing_depth
+    outside = (hops < 0) | (hops > depth)
+    assert outside.any(), "test structure too small to reach beyond the receptive field"
+    assert torch.all(grad[torch.from_numpy(outside)] == 0)
+    assert grad[torch.from_numpy(hops == depth)].abs().max() > 0
