@@ -12,6 +12,7 @@ from . import __version__
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import neighbor_graph
 from .models import EdgeForceModel
+from .nn.tensor_product import unrolled_contractions
 
 CONTRACT_VERSION = 1
 FORMATS = {".pt2": "aotinductor", ".pth": "torchscript", ".pt": "torchscript"}
@@ -64,7 +65,8 @@ def _torch_inputs(vectors, edge_index, types, n_local, device):
 def _compile_aotinductor(wrapper, example, metadata, path):
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    graph = make_fx(wrapper, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+    with unrolled_contractions():
+        graph = make_fx(wrapper, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
     num_edges = torch.export.Dim("num_edges", min=1)
     num_nodes = torch.export.Dim("num_nodes", min=1)
     program = torch.export.export(

@@ -13,8 +13,8 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from ..nn import MLP, BesselBasis, ChannelwiseTensorProduct, Linear, PolynomialCutoff, scatter_sum
-from ..nn.tensor_product import irrep_of_component, irreps_of, scalar_components
+from ..nn import MLP, BesselBasis, ChannelwiseTensorProduct, Linear, PolynomialCutoff, gather, scatter_sum
+from ..nn.tensor_product import irreps_of, scalar_components
 from .common import CutoffSpec, EnergyHead, cutoff_matrix, per_type
 
 LATENT_UPDATES = ("concat", "residual")
@@ -27,13 +27,12 @@ class IrrepWeights(nn.Module):
     def __init__(self, num_scalar: int, irreps: o3.Irreps, channels: int):
         super().__init__()
         self.linear = Linear(num_scalar, len(irreps) * channels)
-        self.register_buffer("irrep_index", irrep_of_component(irreps), persistent=False)
-        self.num_irreps = len(irreps)
+        self.dims: List[int] = [ir.dim for _, ir in irreps]
         self.channels = channels
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        w = self.linear(latents).view(latents.shape[0], self.num_irreps, self.channels)
-        return w.index_select(1, self.irrep_index)
+        w = self.linear(latents).view(latents.shape[0], len(self.dims), self.channels)
+        return torch.cat([w[:, k : k + 1].expand(-1, d, -1) for k, d in enumerate(self.dims)], dim=1)
 
 
 class AllegroLayer(nn.Module):
@@ -53,9 +52,8 @@ class AllegroLayer(nn.Module):
         self.tensor_product = ChannelwiseTensorProduct(irreps_in, irreps_sh, irreps_out, channels)
         irreps_out = self.tensor_product.irreps_out
         self.irreps_out = irreps_out
-        self.register_buffer("scalars", torch.tensor(scalar_components(irreps_out)), persistent=False)
-        num_scalars_out = len(scalar_components(irreps_out)) * channels
-        self.latent_mlp = MLP([num_latent_inputs * num_scalar + num_scalars_out] + latent_hidden + [num_scalar])
+        assert scalar_components(irreps_out) == [0], "the 0e scalars lead the irreps"
+        self.latent_mlp = MLP([num_latent_inputs * num_scalar + channels] + latent_hidden + [num_scalar])
         self.tensor_weights = IrrepWeights(num_scalar, irreps_out, channels)
         self.residual = latent_update == "residual"
         self.update_ratio = nn.Parameter(torch.ones(())) if self.residual else None
@@ -72,9 +70,9 @@ class AllegroLayer(nn.Module):
         current = latents[-1]
         env = self.env_weights(current) * sh
         density = scatter_sum(env, center, density_norm.shape[0]) * density_norm
-        product = self.tensor_product(features, density.index_select(0, center))
+        product = self.tensor_product(features, gather(density, center))
 
-        scalars = product.index_select(1, self.scalars).flatten(1)
+        scalars = product[:, 0]
         mlp_input = latents if not self.residual else [current]
         update = self.latent_mlp(torch.cat(mlp_input + [scalars], dim=-1)) * cutoff
         if self.update_ratio is not None:

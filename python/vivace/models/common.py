@@ -6,6 +6,7 @@ import torch
 from ase.data import atomic_numbers
 from torch import nn
 
+from ..nn.scatter import scatter_sum
 from ..nn.zbl import ZBL
 from .scale_shift import PerSpeciesScaleShift
 
@@ -86,5 +87,5 @@ class EnergyHead(nn.Module):
         if self.zbl is not None:
             center, neighbor = edge_index[0], edge_index[1]
             pair = self.zbl(r, envelope, atom_types[center], atom_types[neighbor])
-            atomic_energy = atomic_energy.index_add(0, center, pair)
+            atomic_energy = atomic_energy + scatter_sum(pair, center, atomic_energy.shape[0])
         return atomic_energy

@@ -17,7 +17,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from ..nn import MLP, BesselBasis, PolynomialCutoff, scatter_sum
+from ..nn import MLP, BesselBasis, PolynomialCutoff, gather, scatter_sum
 from ..nn.gate import Gate
 from .common import CutoffSpec, EnergyHead, cutoff_matrix, per_type
 
@@ -48,7 +48,7 @@ class Convolution(nn.Module):
         self.irreps_out = irreps_mid
 
     def forward(self, x, sh, radial_basis, edge_index, norm):
-        messages = self.tp(x.index_select(0, edge_index[1]), sh, self.radial(radial_basis))
+        messages = self.tp(gather(x, edge_index[1]), sh, self.radial(radial_basis))
         return scatter_sum(messages, edge_index[0], x.shape[0]) * norm
 
 

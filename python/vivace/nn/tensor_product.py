@@ -1,12 +1,21 @@
-"""Channel-wise tensor product over the non-zero Clebsch-Gordan entries only.
+"""Tensor products over the non-zero Clebsch-Gordan entries only.
 
-Features are laid out (E, components, channels): channels innermost, so every operation below reads
-contiguous rows of `channels` numbers, and the product never builds the (components x components) outer
+Features are laid out (rows, components, channels): channels innermost, so every gather below moves
+contiguous rows of `channels` numbers, and no product ever builds the (components x components) outer
 product per channel.
+
+The core is a sparse bilinear contraction
+
+    out[e, k, c] = sum_q coef[q, c] x[e, m_q, c] y[e, n_q, c]      over the entries q = (k, m_q, n_q)
+
+whose gradients are the same contraction with the roles of (out, x, y) permuted: dL/dx[e, m, c] =
+sum_q coef[q, c] g[e, k_q, c] y[e, n_q, c]. `SparseContraction` builds the padded gather tables of all
+six role orders once, so the forward, the backward and the double backward (forces in a training loss)
+are all gathers and a sum, which inductor fuses into single loops, instead of scatters.
 """
 
 import math
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from e3nn import o3
@@ -42,16 +51,149 @@ def tensor_product_paths(irreps_x: o3.Irreps, irreps_y: o3.Irreps, irreps_out: o
     ]
 
 
+ROLE_ORDERS = [(0, 1, 2), (1, 0, 2), (2, 0, 1), (0, 2, 1), (1, 2, 0), (2, 1, 0)]
+
+
+class SparseContraction(nn.Module):
+    """Gather tables for out[e, k, c] = sum_q coef[q, c] x[e, m_q, c] y[e, n_q, c] and its gradients.
+
+    `entries` is a list of (k, m, n) in the three index spaces (out, x, y) of sizes `dims`. For each
+    role order (o, a, b) a table groups the entries by their index in space o, padded to the largest
+    group with entries that point at an extra all-zero coefficient row.
+    """
+
+    def __init__(self, entries: List[Tuple[int, int, int]], dims: Tuple[int, int, int]):
+        super().__init__()
+        self.dims = dims
+        self.num_entries = len(entries)
+        self.widths: Dict[str, int] = {}
+        for order in ROLE_ORDERS:
+            o, a, b = order
+            groups: List[List[Tuple[int, int, int]]] = [[] for _ in range(dims[o])]
+            for q, entry in enumerate(entries):
+                groups[entry[o]].append((entry[a], entry[b], q))
+            width = max(1, max(len(g) for g in groups))
+            padded = [g + [(0, 0, len(entries))] * (width - len(g)) for g in groups]
+            table = torch.tensor(padded, dtype=torch.long).reshape(-1, 3)
+            name = "".join(map(str, order))
+            self.register_buffer(f"a_{name}", table[:, 0].contiguous(), persistent=False)
+            self.register_buffer(f"b_{name}", table[:, 1].contiguous(), persistent=False)
+            self.register_buffer(f"q_{name}", table[:, 2].contiguous(), persistent=False)
+            self.widths[name] = width
+        self.width = self.widths["012"]
+        index = torch.tensor(entries, dtype=torch.long).reshape(-1, 3)
+        for space in range(3):
+            self.register_buffer(f"entry_{space}", index[:, space].contiguous(), persistent=False)
+
+    @torch.jit.unused
+    def table(self, order: Tuple[int, int, int]):
+        name = "".join(map(str, order))
+        return getattr(self, f"a_{name}"), getattr(self, f"b_{name}"), getattr(self, f"q_{name}"), self.widths[name]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """coef (num_entries, channels or 1); x (E, dims[1], C or 1), y (E, dims[2], C or 1)."""
+        if torch.jit.is_scripting():
+            return contract(x, y, coef, self.a_012, self.b_012, self.q_012, self.width, self.dims[0])
+        return _contract_function(x, y, coef, self)
+
+
+_UNROLLED = [False]
+
+
+class unrolled_contractions:
+    """Within this context the contractions are written as a sum of `width` gathered products instead
+    of a reduction over a materialised (rows, dim_out, width, channels) tensor. Inductor turns the
+    unrolled form into one loop over (row, component) vectorised along channels (used for export);
+    in eager mode the materialised form is faster (fewer, larger operations)."""
+
+    def __enter__(self):
+        self.previous = _UNROLLED[0]
+        _UNROLLED[0] = True
+
+    def __exit__(self, *exc):
+        _UNROLLED[0] = self.previous
+
+
+def contract(x, y, coef, index_a, index_b, entry, width: int, dim_out: int) -> torch.Tensor:
+    """out[e, k, c] = sum_p coef[entry[k, p], c] x[e, index_a[k, p], c] y[e, index_b[k, p], c] as gathers of
+    x and y, a product and a sum over the padded entries p."""
+    coef = torch.cat([coef, torch.zeros_like(coef[:1])]).index_select(0, entry)
+    xs = x.index_select(1, index_a).unflatten(1, (dim_out, width))
+    ys = y.index_select(1, index_b).unflatten(1, (dim_out, width))
+    return (xs * ys * coef.unflatten(0, (dim_out, width))).sum(2)
+
+
+def contract_unrolled(x, y, coef, index_a, index_b, entry, width: int, dim_out: int) -> torch.Tensor:
+    """The same as `contract`, written as a sum of `width` gathered products."""
+    coef = torch.cat([coef, torch.zeros_like(coef[:1])]).index_select(0, entry).view(dim_out, width, -1)
+    index_a, index_b = index_a.view(dim_out, width), index_b.view(dim_out, width)
+    out = x.index_select(1, index_a[:, 0]) * y.index_select(1, index_b[:, 0]) * coef[:, 0]
+    for p in range(1, width):
+        out = out + x.index_select(1, index_a[:, p]) * y.index_select(1, index_b[:, p]) * coef[:, p]
+    return out
+
+
+@torch.jit.unused
+def _contract_function(x, y, coef, plan: SparseContraction) -> torch.Tensor:
+    return _Contract.apply(x, y, coef, plan, (0, 1, 2))
+
+
+class _Contract(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, y, coef, plan, order):
+        ctx.save_for_backward(x, y, coef)
+        ctx.plan, ctx.order = plan, order
+        kernel = contract_unrolled if _UNROLLED[0] else contract
+        return kernel(x, y, coef, *plan.table(order), plan.dims[order[0]])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, coef = ctx.saved_tensors
+        plan, (o, a, b) = ctx.plan, ctx.order
+        grad_x = grad_y = grad_coef = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _Contract.apply(grad, y, coef, plan, (a, o, b))
+            grad_x = _reduce_broadcast(grad_x, x)
+        if ctx.needs_input_grad[1]:
+            grad_y = _Contract.apply(grad, x, coef, plan, (b, o, a))
+            grad_y = _reduce_broadcast(grad_y, y)
+        if ctx.needs_input_grad[2]:
+            space = {o: grad, a: x, b: y}
+            terms = [space[s].index_select(1, getattr(plan, f"entry_{s}")) for s in range(3)]
+            grad_coef = (terms[0] * terms[1] * terms[2]).sum(0)
+            if coef.shape[-1] == 1:
+                grad_coef = grad_coef.sum(-1, keepdim=True)
+        return grad_x, grad_y, grad_coef, None, None
+
+
+def _reduce_broadcast(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return grad.sum(-1, keepdim=True) if like.shape[-1] == 1 and grad.shape[-1] != 1 else grad
+
+
+def clebsch_gordan_entries(irreps_x: o3.Irreps, irreps_y: o3.Irreps, irreps_out: o3.Irreps, paths):
+    """The non-zero entries (k, m, n), their path and value, of all paths in component normalisation,
+    each path divided by the square root of the number of paths into its output irrep."""
+    paths_into = [sum(1 for p in paths if p[2] == c) for c in range(len(irreps_out))]
+    sx, sy, so = irreps_x.slices(), irreps_y.slices(), irreps_out.slices()
+    entries, path_of, values = [], [], []
+    for k, (a, b, c) in enumerate(paths):
+        l1, l2, l3 = irreps_x[a].ir.l, irreps_y[b].ir.l, irreps_out[c].ir.l
+        block = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt((2 * l3 + 1) / paths_into[c])
+        for m, n, q in torch.nonzero(block.abs() > 1e-12).tolist():
+            entries.append((so[c].start + q, sx[a].start + m, sy[b].start + n))
+            path_of.append(k)
+            values.append(float(block[m, n, q]))
+    return entries, path_of, values
+
+
 class ChannelwiseTensorProduct(nn.Module):
-    """Channel-wise ("uuu") tensor product with one learned weight per channel and path.
+    """Channel-wise ("uuu") tensor product with one learned weight per channel and path:
 
         out[e, k, c] = sum_p w[p, c] sum_{m, n} C_p[m, n, k] x[e, m, c] y[e, n, c]
 
-    Output irreps that no path reaches are dropped (see `irreps_out`).
     C_p is the Clebsch-Gordan block of path p in component normalisation, divided by the square root of
-    the number of paths into the same output irrep. Only the non-zero (m, n) of each output component k
-    are visited: they are grouped by k and padded to the same count P, so the product is one gather of
-    x and y, a multiply and a sum over P, which a compiler fuses into a single loop.
+    the number of paths into the same output irrep. Output irreps that no path reaches are dropped
+    (see `irreps_out`).
     """
 
     def __init__(self, irreps_x: o3.Irreps, irreps_y: o3.Irreps, irreps_out: o3.Irreps, channels: int):
@@ -62,31 +204,11 @@ class ChannelwiseTensorProduct(nn.Module):
             raise ValueError(f"no tensor-product path from {irreps_x} x {irreps_y} reaches any wanted irrep")
         self.irreps_out = irreps_out
         self.paths = tensor_product_paths(irreps_x, irreps_y, irreps_out)
-        paths_into = [sum(1 for p in self.paths if p[2] == c) for c in range(len(irreps_out))]
-        sx, sy, so = irreps_x.slices(), irreps_y.slices(), irreps_out.slices()
-
-        entries: List[List[Tuple[int, int, int, float]]] = [[] for _ in range(irreps_out.dim)]
-        for k, (a, b, c) in enumerate(self.paths):
-            l1, l2, l3 = irreps_x[a].ir.l, irreps_y[b].ir.l, irreps_out[c].ir.l
-            block = o3.wigner_3j(l1, l2, l3, dtype=torch.float64) * math.sqrt((2 * l3 + 1) / paths_into[c])
-            for m, n, q in torch.nonzero(block.abs() > 1e-12).tolist():
-                entries[so[c].start + q].append((sx[a].start + m, sy[b].start + n, k, float(block[m, n, q])))
-
-        width = max(len(e) for e in entries)
-        pad = [e + [(0, 0, 0, 0.0)] * (width - len(e)) for e in entries]
-        self.register_buffer("index_x", torch.tensor([[t[0] for t in e] for e in pad]).flatten(), persistent=False)
-        self.register_buffer("index_y", torch.tensor([[t[1] for t in e] for e in pad]).flatten(), persistent=False)
-        self.register_buffer("path", torch.tensor([[t[2] for t in e] for e in pad]), persistent=False)
-        self.register_buffer(
-            "cg", torch.tensor([[t[3] for t in e] for e in pad], dtype=torch.get_default_dtype()), persistent=False
-        )
+        entries, path_of, values = clebsch_gordan_entries(irreps_x, irreps_y, irreps_out, self.paths)
+        self.contraction = SparseContraction(entries, (irreps_out.dim, irreps_x.dim, irreps_y.dim))
+        self.register_buffer("path_of_entry", torch.tensor(path_of), persistent=False)
+        self.register_buffer("cg", torch.tensor(values, dtype=torch.get_default_dtype()).unsqueeze(-1), persistent=False)
         self.weight = nn.Parameter(torch.randn(len(self.paths), channels))
-        self.dim_out = irreps_out.dim
-        self.width = width
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        num_edges, channels = x.shape[0], x.shape[2]
-        coefficient = self.weight[self.path] * self.cg.unsqueeze(-1)  # (dim_out, P, channels)
-        xs = x.index_select(1, self.index_x).view(num_edges, self.dim_out, self.width, channels)
-        ys = y.index_select(1, self.index_y).view(num_edges, self.dim_out, self.width, channels)
-        return (xs * ys * coefficient).sum(2)
+        return self.contraction(x, y, self.weight.index_select(0, self.path_of_entry) * self.cg)
