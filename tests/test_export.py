@@ -1,0 +1,106 @@
+"""Export of both models to both artifact formats, checked through the ASE calculator against the
+checkpoint (eager model), on a periodic triclinic cell and on an open cluster; the export check itself;
+`vivace info`."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from conftest import TYPE_NAMES, alloy
+from test_physics import MODELS
+from vivace.calculators import VivaceCalculator
+from vivace.checkpoint import save_checkpoint
+from vivace.cli import main as vivace
+from vivace.export import ExportError, export
+from vivace.models import build_model
+
+TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
+# AOTInductor compiles take 20-45 s each here: every model and dtype is covered once across both formats
+# (the float64 Allegro .pt2 is also exercised by the LAMMPS tests).
+CASES = [
+    ("allegro", "float32", ".pt2"),
+    ("nequip", "float64", ".pt2"),
+    ("allegro", "float64", ".pth"),
+    ("allegro", "float32", ".pth"),
+    ("nequip", "float64", ".pth"),
+    ("nequip", "float32", ".pth"),
+]
+
+
+def write_checkpoint(path, kind, dtype, hyper=None):
+    torch.manual_seed(3)
+    hyper = hyper or MODELS[kind]
+    model = build_model(kind, hyper, TYPE_NAMES, dtype)
+    spec = {"kind": kind, "hyperparameters": hyper, "type_names": TYPE_NAMES, "dtype": dtype, "units": "metal"}
+    save_checkpoint(str(path), {"model": spec, "state_dict": model.state_dict()})
+    return str(path)
+
+
+def cluster():
+    rng = np.random.default_rng(4)
+    positions = rng.uniform(0, 6.0, size=(14, 3))
+    keep = [0]
+    for k in range(1, len(positions)):  # no two atoms closer than 1.8 A
+        if np.linalg.norm(positions[keep] - positions[k], axis=1).min() > 1.8:
+            keep.append(k)
+    return Atoms(["Al", "Cu"] * 7, positions=positions)[keep]
+
+
+def properties(atoms, model):
+    atoms = atoms.copy()
+    atoms.calc = VivaceCalculator(model)
+    out = {"energy": atoms.get_potential_energy(), "energies": atoms.get_potential_energies(), "forces": atoms.get_forces()}
+    if atoms.pbc.all():
+        out["stress"] = atoms.get_stress()
+    return out
+
+
+@pytest.mark.parametrize("kind,dtype,ext", CASES)
+def test_artifact_matches_checkpoint_in_ase(tmp_path, kind, dtype, ext):
+    checkpoint = write_checkpoint(tmp_path / "model.ckpt", kind, dtype)
+    artifact = export(checkpoint, str(tmp_path / f"model{ext}"))
+    for atoms in (alloy("triclinic", seed=12), cluster()):
+        ref, out = properties(atoms, checkpoint), properties(atoms, artifact)
+        assert set(out) == set(ref)
+        for key in ref:
+            scale = max(np.abs(ref[key]).max(), 1e-12)
+            assert np.abs(np.asarray(out[key]) - ref[key]).max() <= TOLERANCE[dtype] * scale, key
+
+
+def test_info_prints_metadata(tmp_path, capsys):
+    hyper = dict(MODELS["nequip"], num_layers=3, edge_type_cutoffs={"Al-Cu": 3.5})
+    checkpoint = write_checkpoint(tmp_path / "model.ckpt", "nequip", "float32", hyper)
+    export(checkpoint, str(tmp_path / "model.pth"))
+    capsys.readouterr()
+    assert vivace(["info", str(tmp_path / "model.pth")]) == 0
+    text = capsys.readouterr().out
+    for line in (
+        "model_kind: nequip",
+        "type_names: Al Cu",
+        "message_passing_depth: 3",
+        "model_dtype: float32",
+        "edge_type_cutoffs: 4.0 3.5 3.5 4.0",
+        "units: metal",
+        "format: torchscript",
+        "device: cpu",
+    ):
+        assert line in text
+
+
+def test_failed_check_fails_the_export(tmp_path, monkeypatch):
+    import vivace.export as export_module
+
+    checkpoint = write_checkpoint(tmp_path / "model.ckpt", "allegro", "float64")
+    monkeypatch.setitem(export_module.TOLERANCE, "float64", -1.0)
+    with pytest.raises(ExportError, match="deviates from the eager model"):
+        export(checkpoint, str(tmp_path / "model.pth"))
+    assert list(tmp_path.iterdir()) == [tmp_path / "model.ckpt"]
+
+
+def test_cuda_export_needs_a_gpu(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CUDA export is tested in the gpu suite")
+    checkpoint = write_checkpoint(tmp_path / "model.ckpt", "allegro", "float32")
+    with pytest.raises(ExportError, match="needs a CUDA build of torch"):
+        export(checkpoint, str(tmp_path / "model.pt2"), device="cuda")
