@@ -1,4 +1,5 @@
-"""The whole path through the `vivace` command: EMT data -> training -> export -> LAMMPS MD."""
+"""The whole path through the `vivace` command: EMT data -> training -> export (both formats) -> LAMMPS MD,
+and the trained model giving the same answers in LAMMPS and ASE through either artifact and the checkpoint."""
 
 import os
 import re
@@ -11,7 +12,7 @@ from ase.calculators.emt import EMT
 
 from conftest import alloy
 from vivace.calculators import VivaceCalculator
-from vivace.lammps_run import read_thermo, run_lammps, write_data
+from vivace.lammps_run import read_thermo, run_lammps, single_point, write_data
 
 
 def emt_frames(n, seed):
@@ -51,6 +52,23 @@ training: {max_epochs: 2, batch_size: 2}
     deviation = float(re.search(r"deviation of the artifact from the eager model: (\S+)", out)[1])
     assert deviation < 1e-9
     assert "model_kind: allegro" in vivace("info", "model.pt2", cwd=tmp_path)
+    vivace("export", "run/best.ckpt", "-o", "model.pth", cwd=tmp_path)
+
+    probe = alloy("orthogonal", seed=98)
+    probe.calc = VivaceCalculator(str(tmp_path / "run" / "best.ckpt"))
+    ref_forces, ref_stress = probe.get_forces(), probe.get_stress(voigt=False)
+    for artifact in ("model.pt2", "model.pth"):
+        path = str(tmp_path / artifact)
+        in_lammps = single_point(probe, f"pair_style allegro\npair_coeff * * {path} Al Cu", ["Al", "Cu"], str(tmp_path / artifact[-3:]))
+        in_ase = probe.copy()
+        in_ase.calc = VivaceCalculator(path)
+        for energy, forces, stress in (
+            (in_lammps.energy, in_lammps.forces, in_lammps.stress),
+            (in_ase.get_potential_energy(), in_ase.get_forces(), in_ase.get_stress(voigt=False)),
+        ):
+            assert abs(energy - probe.get_potential_energy()) < 1e-9 * abs(probe.get_potential_energy())
+            assert np.abs(forces - ref_forces).max() < 1e-8 * np.abs(ref_forces).max()
+            assert np.abs(stress - ref_stress).max() < 1e-8 * np.abs(ref_stress).max()
 
     atoms = alloy("triclinic", seed=99)
     write_data(atoms, str(tmp_path / "data.lmp"), ["Al", "Cu"])
