@@ -13,8 +13,8 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from ..nn import MLP, BesselBasis, ChannelwiseTensorProduct, Linear, PolynomialCutoff, gather, scatter_sum
-from ..nn.tensor_product import irreps_of, scalar_components
+from ..nn import MLP, BesselBasis, ChannelwiseTensorProduct, Linear, PolynomialCutoff, scatter_sum
+from ..nn.tensor_product import exporting, irreps_of, neighbor_slots, scalar_components
 from .common import CutoffSpec, EnergyHead, cutoff_matrix, per_type
 
 LATENT_UPDATES = ("concat", "residual")
@@ -66,11 +66,13 @@ class AllegroLayer(nn.Module):
         cutoff: torch.Tensor,  # (E, 1)
         center: torch.Tensor,  # (E,)
         density_norm: torch.Tensor,  # (N, 1, 1)
+        slots: Optional[torch.Tensor],
+        width: int,
     ):
         current = latents[-1]
         env = self.env_weights(current) * sh
         density = scatter_sum(env, center, density_norm.shape[0]) * density_norm
-        product = self.tensor_product(features, gather(density, center))
+        product = self.tensor_product(features, density, center, slots, width)
 
         scalars = product[:, 0]
         mlp_input = latents if not self.residual else [current]
@@ -176,8 +178,11 @@ class Allegro(nn.Module):
         features = self.initial_weights(latents[0]) * sh
         density_norm = self.density_norm[atom_types].view(num_nodes, 1, 1)
 
+        slots, width = None, 1
+        if not torch.jit.is_scripting() and not exporting():
+            slots, width = neighbor_slots(center, num_nodes)
         for layer in self.layers:
-            new_latents, features = layer(latents, features, sh, cutoff, center, density_norm)
+            new_latents, features = layer(latents, features, sh, cutoff, center, density_norm, slots, width)
             latents.append(new_latents)
 
         edge_energy = self.readout(latents[-1]).squeeze(-1).to(torch.float64)

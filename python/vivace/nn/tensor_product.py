@@ -15,11 +15,13 @@ are all gathers and a sum, which inductor fuses into single loops, instead of sc
 """
 
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from e3nn import o3
 from torch import nn
+
+from .scatter import gather, scatter_sum
 
 
 def irreps_of(l_max: int, parity: bool) -> o3.Irreps:
@@ -84,6 +86,11 @@ class SparseContraction(nn.Module):
         index = torch.tensor(entries, dtype=torch.long).reshape(-1, 3)
         for space in range(3):
             self.register_buffer(f"entry_{space}", index[:, space].contiguous(), persistent=False)
+        # position of each entry in the dense kernel (x component, y component, out component), flattened
+        dense = (index[:, 1] * dims[2] + index[:, 2]) * dims[0] + index[:, 0]
+        self.register_buffer("dense_index", dense.contiguous(), persistent=False)
+        by_node = (index[:, 2] * dims[0] + index[:, 0]) * dims[1] + index[:, 1]
+        self.register_buffer("node_index", by_node.contiguous(), persistent=False)
 
     @torch.jit.unused
     def table(self, order: Tuple[int, int, int]):
@@ -91,10 +98,41 @@ class SparseContraction(nn.Module):
         return getattr(self, f"a_{name}"), getattr(self, f"b_{name}"), getattr(self, f"q_{name}"), self.widths[name]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """coef (num_entries, channels or 1); x (E, dims[1], C or 1), y (E, dims[2], C or 1)."""
-        if torch.jit.is_scripting():
-            return contract(x, y, coef, self.a_012, self.b_012, self.q_012, self.width, self.dims[0])
-        return _contract_function(x, y, coef, self)
+        """coef (num_entries, channels or 1); x (E, dims[1], C or 1), y (E, dims[2], C or 1).
+
+        Compiled (export): the sparse gathers, unrolled. Eager and TorchScript: the outer product of x and y
+        per channel times the dense per-channel kernel, one batched matrix multiply, which moves far less
+        memory than materialising every gathered entry."""
+        if not torch.jit.is_scripting() and exporting():
+            return _contract_function(x, y, coef, self)
+        return self.dense(x, y, coef)
+
+    def node_grouped(
+        self, x: torch.Tensor, y_nodes: torch.Tensor, coef: torch.Tensor, slots: torch.Tensor, width: int
+    ) -> torch.Tensor:
+        """The contraction when y is a per-node quantity y[center[e]] (eager mode).
+
+        Per node i and channel c, A_i[k, m] = sum_q coef[q, c] y_i[n_q, c] is a small dense matrix, so the
+        edges of node i, padded to `width` slots (slots[e] = center[e] * width + slot), go through one
+        batched matrix multiply: out_i = A_i X_i, with no per-edge intermediate larger than x itself."""
+        dim_out, dim_x, dim_y = self.dims[0], self.dims[1], self.dims[2]
+        num_nodes, channels = y_nodes.shape[0], coef.shape[1]
+        kernel = torch.zeros(channels, dim_y * dim_out * dim_x, dtype=coef.dtype, device=coef.device)
+        kernel = kernel.index_add(1, self.node_index, coef.t()).view(channels, dim_y, dim_out * dim_x)
+        a = torch.matmul(y_nodes.permute(2, 0, 1), kernel)  # (C, N, dim_out * dim_x)
+        a = a.view(-1, num_nodes, dim_out, dim_x).transpose(0, 1)  # (N, C, dim_out, dim_x)
+        padded = scatter_sum(x, slots, num_nodes * width).view(num_nodes, width, dim_x, -1).permute(0, 3, 2, 1)
+        out = torch.matmul(a, padded)  # (N, C, dim_out, width)
+        return gather(out.permute(0, 3, 2, 1).reshape(num_nodes * width, dim_out, -1), slots)
+
+    def dense(self, x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        dim_out, dim_x, dim_y = self.dims[0], self.dims[1], self.dims[2]
+        channels = coef.shape[1]
+        kernel = torch.zeros(channels, dim_x * dim_y * dim_out, dtype=coef.dtype, device=coef.device)
+        kernel = kernel.index_add(1, self.dense_index, coef.t()).view(channels, dim_x * dim_y, dim_out)
+        xs, ys = x.permute(2, 0, 1), y.permute(2, 0, 1)  # (C, E, dim)
+        outer = (xs.unsqueeze(-1) * ys.unsqueeze(-2)).flatten(-2)  # (C, E, dim_x * dim_y)
+        return torch.matmul(outer, kernel).permute(1, 2, 0)
 
 
 _UNROLLED = [False]
@@ -112,6 +150,12 @@ class unrolled_contractions:
 
     def __exit__(self, *exc):
         _UNROLLED[0] = self.previous
+
+
+@torch.jit.unused
+def exporting() -> bool:
+    """True inside `unrolled_contractions` (while the exporter traces the model)."""
+    return _UNROLLED[0]
 
 
 def contract(x, y, coef, index_a, index_b, entry, width: int, dim_out: int) -> torch.Tensor:
@@ -210,5 +254,25 @@ class ChannelwiseTensorProduct(nn.Module):
         self.register_buffer("cg", torch.tensor(values, dtype=torch.get_default_dtype()).unsqueeze(-1), persistent=False)
         self.weight = nn.Parameter(torch.randn(len(self.paths), channels))
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.contraction(x, y, self.weight.index_select(0, self.path_of_entry) * self.cg)
+    def forward(
+        self, x: torch.Tensor, y_nodes: torch.Tensor, center: torch.Tensor, slots: Optional[torch.Tensor], width: int
+    ) -> torch.Tensor:
+        """x per edge (E, dim_x, C); y per node (N, dim_y, C), taken at each edge's center. `slots` (see
+        `neighbor_slots`), when given, selects the node-grouped matrix multiply."""
+        coef = self.weight.index_select(0, self.path_of_entry) * self.cg
+        if slots is not None:
+            return self.contraction.node_grouped(x, y_nodes, coef, slots, width)
+        return self.contraction(x, gather(y_nodes, center), coef)
+
+
+@torch.jit.unused
+def neighbor_slots(center: torch.Tensor, num_nodes: int) -> Tuple[torch.Tensor, int]:
+    """For each edge, center * width + (its rank among the edges of its center), and width = the largest
+    number of edges of one center: the layout of `SparseContraction.node_grouped`."""
+    counts = torch.bincount(center, minlength=num_nodes)
+    width = max(int(counts.max()), 1) if center.numel() > 0 else 1
+    order = torch.argsort(center, stable=True)
+    first = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(center)
+    rank[order] = torch.arange(center.numel(), device=center.device) - first[center[order]]
+    return center * width + rank, width
