@@ -159,8 +159,10 @@ def build_nequip(model_dtype, avg_num_neighbors, compile_mode="eager"):
         )
 
 
-def aoti_compile(model, data, workdir):
-    """Same steps as `nequip-compile --mode aotinductor --target ase --device cpu`."""
+def aoti_compile(model, data, out_path):
+    """Same steps as `nequip-compile --mode aotinductor --target ase --device cpu`.
+
+    If `out_path` already exists it is loaded instead of recompiled."""
     import torch
     from nequip.data import AtomicDataDict
     from nequip.scripts._compile_utils import COMPILE_TARGET_DICT, AOTI_ASE_TARGET
@@ -190,7 +192,9 @@ def aoti_compile(model, data, workdir):
     metadata[NEQUIP_AOTI_OUTPUTS_KEY] = serialize_aoti_keys(output_fields)
     metadata = {k: str(v) for k, v in metadata.items()}
 
-    out_path = os.path.join(workdir, "model.nequip.pt2")
+    if os.path.exists(out_path):
+        cmodel, _ = load_compiled_model(out_path, "cpu", input_fields, output_fields)
+        return cmodel
     aot_export_model(
         model=model,
         device="cpu",
@@ -217,6 +221,12 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--data-dir", default=DATA_DIR_DEFAULT)
+    p.add_argument(
+        "--artifact-dir",
+        default=None,
+        help="keep/reuse the AOTI .nequip.pt2 here (keyed by model, dtype, threads: "
+        "inductor bakes the OpenMP thread count in at compile time); default: temp dir",
+    )
     args = p.parse_args()
 
     import torch
@@ -252,11 +262,22 @@ def main():
     run_model = model
     tmp = None
     if args.mode == "compiled":
-        tmp = tempfile.TemporaryDirectory(prefix="upstream_aoti_")
+        if args.artifact_dir is None:
+            tmp = tempfile.TemporaryDirectory(prefix="upstream_aoti_")
+            adir = tmp.name
+        else:
+            adir = args.artifact_dir
+            os.makedirs(adir, exist_ok=True)
+        pt2 = os.path.join(
+            adir, f"{args.model}_{args.dtype}_t{args.threads}.nequip.pt2"
+        )
+        reused = os.path.exists(pt2)
         t0 = time.perf_counter()
         try:
-            run_model = aoti_compile(model, data, tmp.name)
+            run_model = aoti_compile(model, data, pt2)
             compiled_with = "aotinductor (nequip.utils.aot.aot_export_model, target=ase)"
+            if reused:
+                compiled_with += " [reused artifact]"
         except Exception as e:  # fall back to torch.compile
             compile_error = f"AOTI failed: {type(e).__name__}: {e}"[:500]
             _log(traceback.format_exc())

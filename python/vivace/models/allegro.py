@@ -14,7 +14,7 @@ from e3nn import o3
 from torch import nn
 
 from ..nn import MLP, BesselBasis, ChannelwiseTensorProduct, Linear, PolynomialCutoff, scatter_sum
-from ..nn.tensor_product import exporting, irreps_of, neighbor_slots, scalar_components
+from ..nn.tensor_product import exporting, irreps_of, neighbor_slots, scalar_components, spread_over_components
 from .common import CutoffSpec, EnergyHead, cutoff_matrix, per_type
 
 LATENT_UPDATES = ("concat", "residual")
@@ -32,7 +32,7 @@ class IrrepWeights(nn.Module):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         w = self.linear(latents).view(latents.shape[0], len(self.dims), self.channels)
-        return torch.cat([w[:, k : k + 1].expand(-1, d, -1) for k, d in enumerate(self.dims)], dim=1)
+        return spread_over_components(w, self.dims)
 
 
 class AllegroLayer(nn.Module):

@@ -11,6 +11,7 @@ atom of that type (so an atom without neighbors has exactly its shift). After L 
 up to L x r_max away, so a LAMMPS rank needs a ghost shell that deep (message_passing_depth = L).
 """
 
+import math
 from typing import List, Optional, Union
 
 import torch
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..nn import MLP, BesselBasis, PolynomialCutoff, gather, scatter_sum
 from ..nn.gate import Gate
+from ..nn.tensor_product import SparseContraction, exporting, spread_over_components
 from .common import CutoffSpec, EnergyHead, cutoff_matrix, per_type
 
 
@@ -27,29 +29,73 @@ def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
     return o3.Irreps([(num_features, (l, p)) for l in range(l_max + 1) for p in parities(l)])
 
 
+def channels_last(x: torch.Tensor, dims: List[int], channels: int) -> torch.Tensor:
+    """e3nn layout (rows, sum over irreps of channels x dim, multiplicity-major) -> (rows, sum of dims, channels)."""
+    blocks = torch.split(x, [channels * d for d in dims], dim=1)
+    return torch.cat([b.view(x.shape[0], channels, d).transpose(1, 2) for b, d in zip(blocks, dims)], dim=1)
+
+
+def channels_first(x: torch.Tensor, dims: List[int]) -> torch.Tensor:
+    """The inverse of `channels_last`."""
+    blocks = torch.split(x, dims, dim=1)
+    return torch.cat([b.transpose(1, 2).flatten(1) for b in blocks], dim=1)
+
+
 class Convolution(nn.Module):
-    """m_i = sum_j TP(x_j, Y_ij; w_ij) over the edges into center i, with w_ij from the radial MLP."""
+    """m_i = sum_j TP(x_j, Y_ij; w_ij) over the edges into center i ("uvu": every path keeps its own
+    channels, each weighted per edge and channel by the radial MLP).
+
+    The product runs channels-last on the edges: per edge the spherical harmonics fix a sparse
+    (paths' components x input components) matrix T_ij = sum_n CG[:, :, n] Y_ij[n], and the message is
+    T_ij x_j for all channels at once, one batched matrix multiply (eager) or the unrolled sparse
+    contraction (export).
+    """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_wanted: o3.Irreps, radial: List[int]):
         super().__init__()
-        irreps_mid, instructions = [], []
-        for i, (mul, ir_in) in enumerate(irreps_in):
+        channels = irreps_in[0].mul
+        assert all(mul == channels for mul, _ in irreps_in), "NequIP features share one multiplicity"
+        sx, sy = irreps_in.slices(), irreps_sh.slices()
+        entries, values, irreps_mid = [], [], []
+        offset = 0
+        for i, (_, ir_in) in enumerate(irreps_in):
             for j, (_, ir_sh) in enumerate(irreps_sh):
                 for ir_out in ir_in * ir_sh:
-                    if ir_out in irreps_wanted:
-                        instructions.append((i, j, len(irreps_mid), "uvu", True))
-                        irreps_mid.append((mul, ir_out))
-        irreps_mid, permutation, _ = o3.Irreps(irreps_mid).sort()
-        instructions = [(i, j, permutation[k], mode, train) for i, j, k, mode, train in instructions]
-        self.tp = o3.TensorProduct(
-            irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
-        )
-        self.radial = MLP(radial + [self.tp.weight_numel])
-        self.irreps_out = irreps_mid
+                    if ir_out not in irreps_wanted:
+                        continue
+                    block = o3.wigner_3j(ir_in.l, ir_sh.l, ir_out.l, dtype=torch.float64) * math.sqrt(ir_out.dim)
+                    for m, n, k in torch.nonzero(block.abs() > 1e-12).tolist():
+                        entries.append((offset + k, sx[i].start // channels + m, sy[j].start + n))
+                        values.append(float(block[m, n, k]))
+                    irreps_mid.append((channels, ir_out))
+                    offset += ir_out.dim
+        self.irreps_in_dims: List[int] = [ir.dim for _, ir in irreps_in]
+        self.irreps_out = o3.Irreps(irreps_mid)
+        self.mid_dims: List[int] = [ir.dim for _, ir in self.irreps_out]
+        dim_x, dim_sh = sum(self.irreps_in_dims), irreps_sh.dim
+        self.contraction = SparseContraction(entries, (offset, dim_x, dim_sh))
+        cg = torch.tensor(values, dtype=torch.get_default_dtype())
+        self.register_buffer("cg", cg.unsqueeze(-1), persistent=False)
+        index = torch.tensor(entries, dtype=torch.long).reshape(-1, 3)
+        dense = torch.zeros(dim_sh, offset * dim_x, dtype=cg.dtype)
+        dense[index[:, 2], index[:, 0] * dim_x + index[:, 1]] = cg
+        self.register_buffer("cg_dense", dense, persistent=False)
+        self.channels = channels
+        self.dim_x = dim_x
+        self.dim_mid = offset
+        self.radial = MLP(radial + [len(irreps_mid) * channels])
 
     def forward(self, x, sh, radial_basis, edge_index, norm):
-        messages = self.tp(gather(x, edge_index[1]), sh, self.radial(radial_basis))
-        return scatter_sum(messages, edge_index[0], x.shape[0]) * norm
+        num_edges = sh.shape[0]
+        x = gather(channels_last(x, self.irreps_in_dims, self.channels), edge_index[1])  # (E, dim_x, C)
+        if not torch.jit.is_scripting() and exporting():
+            mid = self.contraction(x, sh.unsqueeze(-1), self.cg)
+        else:
+            t = (sh @ self.cg_dense).view(num_edges, self.dim_mid, self.dim_x)
+            mid = torch.bmm(t, x)
+        w = self.radial(radial_basis).view(num_edges, len(self.mid_dims), self.channels)
+        messages = scatter_sum(mid * spread_over_components(w, self.mid_dims), edge_index[0], norm.shape[0]) * norm.unsqueeze(-1)
+        return channels_first(messages, self.mid_dims)
 
 
 class InteractionBlock(nn.Module):

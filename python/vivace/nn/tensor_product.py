@@ -37,6 +37,12 @@ def irrep_of_component(irreps: o3.Irreps) -> torch.Tensor:
     return torch.cat([torch.full((ir.dim,), k, dtype=torch.long) for k, (_, ir) in enumerate(irreps)])
 
 
+def spread_over_components(w: torch.Tensor, dims: List[int]) -> torch.Tensor:
+    """(rows, irreps, C) -> (rows, sum of dims, C): each irrep's value repeated over its components."""
+    blocks = torch.split(w, 1, dim=1)  # split, not slicing: its gradient is one cat, not a zero tensor per slice
+    return torch.cat([b.expand(-1, d, -1) for b, d in zip(blocks, dims)], dim=1)
+
+
 def scalar_components(irreps: o3.Irreps) -> List[int]:
     """Component indices of the even scalars 0e (the rotation- and reflection-invariant ones)."""
     return [int(s.start) for s, (_, ir) in zip(irreps.slices(), irreps) if ir == o3.Irrep("0e")]
