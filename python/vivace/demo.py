@@ -90,6 +90,7 @@ model:
   dtype: float32
   r_max: 5.0
   l_max: 1
+  parity: false
   num_layers: 2
   num_scalar_features: 32
   num_tensor_features: 8
