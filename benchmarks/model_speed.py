@@ -36,7 +36,8 @@ HYPER = {
         latent_hidden=[64],
         readout_hidden=[32],
     ),
-    "nequip": dict(r_max=5.0, l_max=2, parity=True, num_layers=4, num_features=32),
+    # upstream NequIP's default radial MLP is one hidden layer of 128
+    "nequip": dict(r_max=5.0, l_max=2, parity=True, num_layers=4, num_features=32, radial_hidden=[128]),
 }
 
 
@@ -148,6 +149,10 @@ def main():
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--supercells", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--upstream-python", default=os.environ.get("UPSTREAM_PYTHON", "/work/upstream-venv/bin/python"))
+    parser.add_argument(
+        "--upstream-compiled-supercells", nargs="+", type=int, default=[1, 2],
+        help="supercells for which upstream's compiled path is measured (its first compile takes minutes)",
+    )
     args = parser.parse_args()
 
     if not os.path.isdir(DATA):
@@ -175,9 +180,13 @@ def main():
                             [sys.executable, __file__, "--worker", "--checkpoint", checkpoint, "--artifact", artifact]
                             + common
                         )
+                        if mode == "compiled" and supercell not in args.upstream_compiled_supercells:
+                            upstream_args = None
+                        else:
+                            upstream_args = common + ["--data-dir", DATA, "--artifact-dir", folder]
                         theirs = (
-                            run_json([args.upstream_python, os.path.join(HERE, "upstream_model_speed.py")] + common)
-                            if upstream
+                            run_json([args.upstream_python, os.path.join(HERE, "upstream_model_speed.py")] + upstream_args)
+                            if upstream and upstream_args
                             else {"error": "not run"}
                         )
                         row[f"ours_{mode}"], row[f"upstream_{mode}"] = ours, theirs

@@ -12,8 +12,11 @@ from vivace.checkpoint import save_checkpoint
 from vivace.models import build_model
 
 TYPE_NAMES = ["Al", "Cu"]
-HYPER = dict(
-    r_max=4.0,
+R_MAX = 4.0
+SHIFTS = [-3.1, -2.7]
+COMMON = dict(r_max=R_MAX, avg_num_neighbors=20.0, energy_shift=SHIFTS, energy_scale=[0.8, 1.3])
+HYPER = dict(  # a small Allegro
+    COMMON,
     l_max=2,
     num_layers=2,
     num_scalar_features=16,
@@ -21,10 +24,8 @@ HYPER = dict(
     two_body_hidden=[16],
     latent_hidden=[16],
     readout_hidden=[8],
-    avg_num_neighbors=20.0,
-    energy_shift=[-3.1, -2.7],
-    energy_scale=[0.8, 1.3],
 )
+NEQUIP_HYPER = dict(COMMON, l_max=2, num_layers=2, num_features=4, radial_hidden=[16])
 
 
 def alloy(cell_kind: str, seed: int = 0) -> Atoms:

@@ -12,28 +12,13 @@ import torch
 from ase import Atoms
 from ase.build import bulk
 
-from conftest import TYPE_NAMES, alloy
+from conftest import HYPER, NEQUIP_HYPER, R_MAX, SHIFTS, TYPE_NAMES, alloy
 from vivace.calculators import VivaceCalculator
 from vivace.data import collate, structures_from_frames
 from vivace.models import EdgeForceModel, build_model
 from vivace.training import predict
 
-R_MAX = 4.0
-SHIFTS = [-3.1, -2.7]
-COMMON = dict(r_max=R_MAX, avg_num_neighbors=20.0, energy_shift=SHIFTS, energy_scale=[0.8, 1.3])
-MODELS = {
-    "allegro": dict(
-        COMMON,
-        l_max=2,
-        num_layers=2,
-        num_scalar_features=16,
-        num_tensor_features=4,
-        two_body_hidden=[16],
-        latent_hidden=[16],
-        readout_hidden=[8],
-    ),
-    "nequip": dict(COMMON, l_max=2, num_layers=2, num_features=4, radial_hidden=[16]),
-}
+MODELS = {"allegro": HYPER, "nequip": NEQUIP_HYPER}
 # Other corners of each model's options, checked for symmetry, gradients and locality in float64.
 VARIANTS = {
     "allegro-lmax1-noparity-1layer": ("allegro", dict(MODELS["allegro"], l_max=1, parity=False, num_layers=1)),
@@ -101,23 +86,37 @@ both_dtypes = pytest.mark.parametrize("dtype", ["float64", "float32"])
 variants = pytest.mark.parametrize("variant", list(VARIANTS))
 
 
-@both_models
-@both_dtypes
-def test_rotation_reflection_translation(kind, dtype):
+def check_rotations(model, hyper, atoms, tol, seed, translation=(0.0, 0.0, 0.0)):
     """Energy invariant; forces rotate as vectors and stress as a rank-2 tensor, for proper and improper R."""
-    model, hyper, tol = make(kind, MODELS[kind], dtype), MODELS[kind], SYMMETRY_TOL[dtype]
-    atoms = alloy("triclinic", seed=5)
     ref = results(model, hyper, atoms)
-    torch.manual_seed(0)
-    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
     for rotation in (q.numpy(), -q.numpy()):
         moved = atoms.copy()
         moved.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
-        moved.positions = atoms.positions @ rotation.T + np.array([0.3, -1.7, 2.2])
+        moved.positions = atoms.positions @ rotation.T + np.array(translation)
         out = results(model, hyper, moved)
         close(out["energy"], ref["energy"], tol)
         close(out["forces"], ref["forces"] @ rotation.T, tol)
         close(out["stress"], rotation @ ref["stress"] @ rotation.T, tol)
+    return ref
+
+
+def check_finite_difference_forces(model, hyper, atoms, forces, points, h, tol):
+    for atom, axis in points:
+        energies = []
+        for sign in (1, -1):
+            displaced = atoms.copy()
+            displaced.positions[atom, axis] += sign * h
+            energies.append(results(model, hyper, displaced)["energy"])
+        fd = -(energies[0] - energies[1]) / (2 * h)
+        assert abs(fd - forces[atom, axis]) <= tol * np.abs(forces).max()
+
+
+@both_models
+@both_dtypes
+def test_rotation_reflection_translation(kind, dtype):
+    model = make(kind, MODELS[kind], dtype)
+    check_rotations(model, MODELS[kind], alloy("triclinic", seed=5), SYMMETRY_TOL[dtype], 0, (0.3, -1.7, 2.2))
 
 
 @both_models
@@ -139,14 +138,7 @@ def test_forces_are_minus_finite_difference_gradient(kind, dtype):
     h, tol = FD[dtype]
     atoms = alloy("triclinic", seed=3)
     forces = results(model, hyper, atoms)["forces"]
-    for atom, axis in [(0, 0), (5, 1), (17, 2)]:
-        energies = []
-        for sign in (1, -1):
-            displaced = atoms.copy()
-            displaced.positions[atom, axis] += sign * h
-            energies.append(results(model, hyper, displaced)["energy"])
-        fd = -(energies[0] - energies[1]) / (2 * h)
-        assert abs(fd - forces[atom, axis]) <= tol * np.abs(forces).max()
+    check_finite_difference_forces(model, hyper, atoms, forces, [(0, 0), (5, 1), (17, 2)], h, tol)
 
 
 @both_models
@@ -242,27 +234,12 @@ def test_periodic_images(kind, dtype):
 
 @variants
 def test_variant_symmetry_and_gradients(variant):
-    """Each option combination: rotation/reflection invariance and forces equal to finite differences."""
+    """Each option combination: rotation/reflection equivariance and forces equal to finite differences."""
     kind, hyper = VARIANTS[variant]
     model = make(kind, hyper, "float64")
     atoms = alloy("triclinic", seed=11)
-    ref = results(model, hyper, atoms)
-    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
-    for rotation in (q.numpy(), -q.numpy()):
-        moved = atoms.copy()
-        moved.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
-        moved.positions = atoms.positions @ rotation.T
-        out = results(model, hyper, moved)
-        close(out["energy"], ref["energy"], 1e-10)
-        close(out["forces"], ref["forces"] @ rotation.T, 1e-10)
-    h, tol = FD["float64"]
-    for atom, axis in [(1, 0), (9, 2)]:
-        energies = []
-        for sign in (1, -1):
-            displaced = atoms.copy()
-            displaced.positions[atom, axis] += sign * h
-            energies.append(results(model, hyper, displaced)["energy"])
-        assert abs(-(energies[0] - energies[1]) / (2 * h) - ref["forces"][atom, axis]) <= tol * np.abs(ref["forces"]).max()
+    ref = check_rotations(model, hyper, atoms, 1e-10, 2)
+    check_finite_difference_forces(model, hyper, atoms, ref["forces"], [(1, 0), (9, 2)], *FD["float64"])
 
 
 def hops_from(edge_index: np.ndarray, start: int, num_nodes: int) -> np.ndarray:

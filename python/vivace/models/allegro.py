@@ -83,6 +83,20 @@ class AllegroLayer(nn.Module):
         return update, product * self.tensor_weights(update)
 
 
+def useful_irreps(irreps_hidden: o3.Irreps, irreps_sh: o3.Irreps, num_layers: int) -> List[o3.Irreps]:
+    """For each layer, the output irreps that can still reach the last layer's 0e through the remaining
+    tensor products with the density (which carries the spherical-harmonic irreps). With parity, e.g.,
+    1e x 1o gives no 0e, so the 1e features of the second-to-last layer would be computed for nothing."""
+    wanted = [o3.Irreps("0e")]
+    for _ in range(num_layers - 1):
+        after = wanted[0]
+        wanted.insert(
+            0,
+            o3.Irreps([(1, ir) for _, ir in irreps_hidden if any(o.ir in ir * s.ir for o in after for s in irreps_sh)]),
+        )
+    return wanted
+
+
 class Allegro(nn.Module):
     """Atomic energies (float64) of the nodes of a graph given its edge vectors r_ij = x_j - x_i."""
 
@@ -134,17 +148,17 @@ class Allegro(nn.Module):
         self.neighbor_embedding = nn.Parameter(torch.randn(num_types, type_embedding_dim))
         self.two_body = MLP([num_bessel + 2 * type_embedding_dim] + two_body_hidden + [num_scalar_features])
         self.initial_weights = IrrepWeights(num_scalar_features, irreps_sh, num_tensor_features)
+        wanted = useful_irreps(irreps_hidden, irreps_sh, num_layers)
         layers = []
         irreps = irreps_sh
         for k in range(num_layers):
-            last = k == num_layers - 1
             layer = AllegroLayer(
                 num_scalar_features,
                 k + 1 if latent_update == "concat" else 1,
                 num_tensor_features,
                 irreps_sh,
                 irreps,
-                o3.Irreps("0e") if last else irreps_hidden,
+                wanted[k],
                 latent_hidden,
                 latent_update,
             )
