@@ -4,11 +4,11 @@
 
 Structure: frame 0 of ../shared/data/water192 (192 atoms, periodic) and its 2x2x2 supercell (1536 atoms).
 Every case runs in its own process (so peak memory is that case's alone), one after the other, with the
-same thread count. Ours: "eager" is the PyTorch model through the artifact contract (edge forces by
+same thread count. Memory is the peak resident size during the calls (warm-up included) over the resident
+size before them (model loaded, inputs built). Ours: "eager" is the PyTorch model through the artifact contract (edge forces by
 autograd); "compiled" is the AOTInductor artifact made by `vivace export`, run through the C++ core that
 LAMMPS uses. Upstream (PyPI nequip / nequip-allegro, in its own virtualenv): benchmarks/upstream_model_speed.py,
-eager and its own compiled path. Time is the median of --repeats calls after two warm-up calls; memory is the
-rise of the resident set's high-water mark during one call. The ratio columns are upstream's best (the
+eager and its own compiled path. Time is the median of --repeats calls after two warm-up calls. The ratio columns are upstream's best (the
 faster of eager and compiled; the smaller memory) over ours.
 """
 
@@ -53,20 +53,23 @@ def water(supercell: int):
     return atoms.repeat((supercell,) * 3)
 
 
-def peak_rss_during(call):
-    """(result, rise of VmHWM over the resident size before the call, in MB)."""
+class ResidentPeak:
+    """Peak resident memory from now on over the resident size now, in MB (Linux /proc)."""
 
-    def status(key):
+    def __init__(self):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the high-water mark VmHWM to the current resident size
+        self.start = self._status("VmRSS:")
+
+    @staticmethod
+    def _status(key):
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith(key):
                     return int(line.split()[1]) / 1024
 
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = status("VmRSS:")
-    result = call()
-    return result, status("VmHWM:") - before
+    def rise(self) -> float:
+        return self._status("VmHWM:") - self.start
 
 
 def checkpoint_for(kind: str, dtype: str, folder: str) -> str:
@@ -105,6 +108,7 @@ def worker(args) -> dict:
     def call():
         return backend.evaluate(vectors, edge_index, types, len(atoms))
 
+    peak = ResidentPeak()
     call()
     call()
     times = []
@@ -112,7 +116,7 @@ def worker(args) -> dict:
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    _, memory = peak_rss_during(call)
+    memory = peak.rise()
     return {
         "model": args.model,
         "dtype": args.dtype,
@@ -202,7 +206,7 @@ def print_table(rows, threads):
     def m(case):
         return f"{case['peak_memory_mb']:8.0f}" if "peak_memory_mb" in case else f"{'-':>8}"
 
-    print(f"\nenergy+forces per call, {threads} threads; ms and peak MB (rise during one call)")
+    print(f"\nenergy+forces per call, {threads} threads; ms, and peak MB over the resident size before the calls")
     header = "model    dtype    atoms  edges | ours eager ms  MB | ours AOTI ms  MB | upstr eager ms  MB | upstr comp ms  MB | speed-up (best/best, per mode) | memory ratio"
     print(header)
     for row in rows:

@@ -292,6 +292,13 @@ def main():
         f = out[AtomicDataDict.FORCE_KEY]
         return e, f
 
+    # peak resident memory of the calls (warm-up included) over the resident size before them
+    import gc
+
+    gc.collect()
+    _reset_hwm()
+    rss0 = _status_kb("VmRSS")
+
     t0 = time.perf_counter()
     for _ in range(args.warmup):
         e, f = call()
@@ -305,14 +312,6 @@ def main():
         e, f = call()
         times.append(time.perf_counter() - t0)
 
-    # peak resident memory increase during one call
-    import gc
-
-    del e, f
-    gc.collect()
-    _reset_hwm()
-    rss0 = _status_kb("VmRSS")
-    e, f = call()
     hwm = _status_kb("VmHWM")
     peak_mb = (hwm - rss0) / 1024.0
 
