@@ -266,7 +266,7 @@ def test_receptive_field(variant):
     atoms.symbols[rng.choice(len(atoms), len(atoms) // 3, replace=False)] = "Al"
     atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
     s = structures_from_frames([atoms], TYPE_NAMES, R_MAX)[0]
-    r_cut = model.r_cut
+    r_cut = model.geometry.r_cut
     vec = atoms.positions[s.edge_index[1]] - atoms.positions[s.edge_index[0]]
     if r_cut is not None:  # edges beyond their pair cutoff do not connect anything
         keep = np.linalg.norm(vec, axis=1) < r_cut.numpy()[s.atom_types[s.edge_index[0]], s.atom_types[s.edge_index[1]]]

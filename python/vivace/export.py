@@ -26,7 +26,7 @@ class ExportError(RuntimeError):
 
 def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str) -> Dict[str, str]:
     hyper = spec["hyperparameters"]
-    r_cut = model.r_cut
+    r_cut = model.geometry.r_cut
     return {
         "contract_version": str(CONTRACT_VERSION),
         "model_kind": spec["kind"],

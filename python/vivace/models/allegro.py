@@ -13,9 +13,9 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from ..nn import MLP, BesselBasis, ChannelwiseTensorProduct, Linear, PolynomialCutoff, scatter_sum
+from ..nn import MLP, ChannelwiseTensorProduct, Linear, scatter_sum
 from ..nn.tensor_product import exporting, irreps_of, neighbor_slots, scalar_components, spread_over_components
-from .common import CutoffSpec, EnergyHead, cutoff_matrix, per_type
+from .common import CutoffSpec, EdgeGeometry, EnergyHead, per_type
 
 LATENT_UPDATES = ("concat", "residual")
 
@@ -137,13 +137,9 @@ class Allegro(nn.Module):
         avg = per_type(avg_num_neighbors, num_types, "avg_num_neighbors")
         self.register_buffer("density_norm", avg.rsqrt())
         self.register_buffer("edge_energy_norm", (2.0 * avg).rsqrt())
-        self.register_buffer("r_cut", cutoff_matrix(type_names, r_max, edge_type_cutoffs))
-
-        self.bessel = BesselBasis(r_max, num_bessel)
-        self.cutoff = PolynomialCutoff(r_max, polynomial_p)
-        irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        self.geometry = EdgeGeometry(type_names, r_max, l_max, num_bessel, polynomial_p, edge_type_cutoffs)
+        irreps_sh = self.geometry.irreps_sh
         irreps_hidden = irreps_of(l_max, parity)
-        self.sh = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
         self.center_embedding = nn.Parameter(torch.randn(num_types, type_embedding_dim))
         self.neighbor_embedding = nn.Parameter(torch.randn(num_types, type_embedding_dim))
         self.two_body = MLP([num_bessel + 2 * type_embedding_dim] + two_body_hidden + [num_scalar_features])
@@ -174,19 +170,12 @@ class Allegro(nn.Module):
         center_type, neighbor_type = atom_types[center], atom_types[neighbor]
         num_nodes = atom_types.shape[0]
 
-        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
-        r_cut = None if self.r_cut is None else self.r_cut[center_type, neighbor_type]
-        envelope = self.cutoff(r, r_cut)
+        r, envelope, basis, sh = self.geometry(edge_vectors, center_type, neighbor_type, dtype)
         cutoff = envelope.to(dtype).unsqueeze(-1)
-        sh = self.sh(edge_vectors.to(dtype)).unsqueeze(-1)
+        sh = sh.unsqueeze(-1)
 
         two_body_input = torch.cat(
-            [
-                self.bessel(r.to(dtype)) * cutoff,
-                self.center_embedding[center_type],
-                self.neighbor_embedding[neighbor_type],
-            ],
-            dim=-1,
+            [basis, self.center_embedding[center_type], self.neighbor_embedding[neighbor_type]], dim=-1
         )
         latents = [self.two_body(two_body_input) * cutoff]
         features = self.initial_weights(latents[0]) * sh

@@ -1,10 +1,13 @@
 """Pieces both models share: per-edge-type cutoffs, per-type neighbor normalisation, the energy head."""
 
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from ase.data import atomic_numbers
+from e3nn import o3
 from torch import nn
+
+from ..nn import BesselBasis, PolynomialCutoff
 
 from ..nn.scatter import scatter_sum
 from ..nn.zbl import ZBL
@@ -53,6 +56,37 @@ def per_type(value: Union[float, List[float]], num_types: int, what: str) -> tor
     if len(values) != num_types or min(values) <= 0:
         raise ValueError(f"{what} needs one positive number, or one per type ({num_types})")
     return torch.tensor(values, dtype=torch.get_default_dtype())
+
+
+class EdgeGeometry(nn.Module):
+    """What both models first compute per edge: the length r and the envelope u(r / r_cut) (float64, with
+    per-edge-type cutoffs where given), the Bessel basis times the envelope and the spherical harmonics
+    (model dtype)."""
+
+    def __init__(
+        self,
+        type_names: List[str],
+        r_max: float,
+        l_max: int,
+        num_bessel: int,
+        polynomial_p: int,
+        edge_type_cutoffs: Optional[CutoffSpec],
+    ):
+        super().__init__()
+        self.register_buffer("r_cut", cutoff_matrix(type_names, r_max, edge_type_cutoffs))
+        self.bessel = BesselBasis(r_max, num_bessel)
+        self.cutoff = PolynomialCutoff(r_max, polynomial_p)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(l_max)
+        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+
+    def forward(
+        self, edge_vectors: torch.Tensor, center_type: torch.Tensor, neighbor_type: torch.Tensor, dtype: torch.dtype
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
+        r_cut = None if self.r_cut is None else self.r_cut[center_type, neighbor_type]
+        envelope = self.cutoff(r, r_cut)
+        basis = self.bessel(r.to(dtype)) * envelope.to(dtype).unsqueeze(-1)
+        return r, envelope, basis, self.sh(edge_vectors.to(dtype))
 
 
 class EnergyHead(nn.Module):

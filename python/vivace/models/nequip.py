@@ -18,10 +18,10 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from ..nn import MLP, BesselBasis, PolynomialCutoff, gather, scatter_sum
+from ..nn import MLP, gather, scatter_sum
 from ..nn.gate import Gate
-from ..nn.tensor_product import SparseContraction, exporting, spread_over_components
-from .common import CutoffSpec, EnergyHead, cutoff_matrix, per_type
+from ..nn.tensor_product import SparseContraction, spread_over_components
+from .common import CutoffSpec, EdgeGeometry, EnergyHead, per_type
 
 
 def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
@@ -45,10 +45,9 @@ class Convolution(nn.Module):
     """m_i = sum_j TP(x_j, Y_ij; w_ij) over the edges into center i ("uvu": every path keeps its own
     channels, each weighted per edge and channel by the radial MLP).
 
-    The product runs channels-last on the edges: per edge the spherical harmonics fix a sparse
-    (paths' components x input components) matrix T_ij = sum_n CG[:, :, n] Y_ij[n], and the message is
-    T_ij x_j for all channels at once, one batched matrix multiply (eager) or the unrolled sparse
-    contraction (export).
+    The product runs channels-last on the edges through `SparseContraction`: the spherical harmonics carry
+    no channels, so per edge they fix one (paths' components x input components) matrix applied to x_j
+    for all channels at once.
     """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_wanted: o3.Irreps, radial: List[int]):
@@ -76,23 +75,13 @@ class Convolution(nn.Module):
         self.contraction = SparseContraction(entries, (offset, dim_x, dim_sh))
         cg = torch.tensor(values, dtype=torch.get_default_dtype())
         self.register_buffer("cg", cg.unsqueeze(-1), persistent=False)
-        index = torch.tensor(entries, dtype=torch.long).reshape(-1, 3)
-        dense = torch.zeros(dim_sh, offset * dim_x, dtype=cg.dtype)
-        dense[index[:, 2], index[:, 0] * dim_x + index[:, 1]] = cg
-        self.register_buffer("cg_dense", dense, persistent=False)
         self.channels = channels
-        self.dim_x = dim_x
-        self.dim_mid = offset
         self.radial = MLP(radial + [len(irreps_mid) * channels])
 
     def forward(self, x, sh, radial_basis, edge_index, norm):
         num_edges = sh.shape[0]
         x = gather(channels_last(x, self.irreps_in_dims, self.channels), edge_index[1])  # (E, dim_x, C)
-        if not torch.jit.is_scripting() and exporting():
-            mid = self.contraction(x, sh.unsqueeze(-1), self.cg)
-        else:
-            t = (sh @ self.cg_dense).view(num_edges, self.dim_mid, self.dim_x)
-            mid = torch.bmm(t, x)
+        mid = self.contraction(x, sh.unsqueeze(-1), self.cg)
         w = self.radial(radial_basis).view(num_edges, len(self.mid_dims), self.channels)
         messages = scatter_sum(mid * spread_over_components(w, self.mid_dims), edge_index[0], norm.shape[0]) * norm.unsqueeze(-1)
         return channels_first(messages, self.mid_dims)
@@ -157,13 +146,10 @@ class NequIP(nn.Module):
         self.r_max = float(r_max)
         self.message_passing_depth = num_layers
         self.register_buffer("message_norm", per_type(avg_num_neighbors, num_types, "avg_num_neighbors").rsqrt())
-        self.register_buffer("r_cut", cutoff_matrix(type_names, r_max, edge_type_cutoffs))
         self.register_buffer("one_hot", torch.eye(num_types), persistent=False)
 
-        self.bessel = BesselBasis(r_max, num_bessel)
-        self.cutoff = PolynomialCutoff(r_max, polynomial_p)
-        irreps_sh = o3.Irreps.spherical_harmonics(l_max)
-        self.sh = o3.SphericalHarmonics(irreps_sh, normalize=True, normalization="component")
+        self.geometry = EdgeGeometry(type_names, r_max, l_max, num_bessel, polynomial_p, edge_type_cutoffs)
+        irreps_sh = self.geometry.irreps_sh
         irreps = o3.Irreps(f"{num_features}x0e")
         self.embedding = o3.Linear(o3.Irreps(f"{num_types}x0e"), irreps)
         blocks = []
@@ -180,11 +166,8 @@ class NequIP(nn.Module):
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         dtype = self.one_hot.dtype
         num_nodes = atom_types.shape[0]
-        r = torch.linalg.vector_norm(edge_vectors, dim=-1)
-        r_cut = None if self.r_cut is None else self.r_cut[atom_types[edge_index[0]], atom_types[edge_index[1]]]
-        envelope = self.cutoff(r, r_cut)
-        radial_basis = self.bessel(r.to(dtype)) * envelope.to(dtype).unsqueeze(-1)
-        sh = self.sh(edge_vectors.to(dtype))
+        center_type, neighbor_type = atom_types[edge_index[0]], atom_types[edge_index[1]]
+        r, envelope, radial_basis, sh = self.geometry(edge_vectors, center_type, neighbor_type, dtype)
 
         species = self.one_hot[atom_types]
         norm = self.message_norm[atom_types].unsqueeze(-1)

@@ -1,17 +1,16 @@
-"""Tensor products over the non-zero Clebsch-Gordan entries only.
+"""Tensor products over the non-zero Clebsch-Gordan entries.
 
-Features are laid out (rows, components, channels): channels innermost, so every gather below moves
-contiguous rows of `channels` numbers, and no product ever builds the (components x components) outer
-product per channel.
-
-The core is a sparse bilinear contraction
+Features are laid out (rows, components, channels), channels innermost. The core is a sparse bilinear
+contraction
 
     out[e, k, c] = sum_q coef[q, c] x[e, m_q, c] y[e, n_q, c]      over the entries q = (k, m_q, n_q)
 
-whose gradients are the same contraction with the roles of (out, x, y) permuted: dL/dx[e, m, c] =
-sum_q coef[q, c] g[e, k_q, c] y[e, n_q, c]. `SparseContraction` builds the padded gather tables of all
-six role orders once, so the forward, the backward and the double backward (forces in a training loss)
-are all gathers and a sum, which inductor fuses into single loops, instead of scatters.
+with three ways to evaluate it, chosen by where it runs:
+- export (inside `unrolled_contractions`): a sum of gathered products, whose gradients are the same
+  contraction with the roles of (out, x, y) permuted, so forward, backward and double backward are gathers
+  that inductor fuses into single loops vectorised along channels (never atomic scatters);
+- eager, y per node (Allegro's density): per node a small dense matrix times the node's padded edges;
+- otherwise (eager NequIP, TorchScript): dense per-channel kernels and one batched matrix multiply.
 """
 
 import math
@@ -30,11 +29,6 @@ def irreps_of(l_max: int, parity: bool) -> o3.Irreps:
     if parity:
         return o3.Irreps([(1, (l, p)) for l in range(l_max + 1) for p in (1, -1)])
     return o3.Irreps.spherical_harmonics(l_max)
-
-
-def irrep_of_component(irreps: o3.Irreps) -> torch.Tensor:
-    """For each component of `irreps` (multiplicity 1 each), the index of its irrep."""
-    return torch.cat([torch.full((ir.dim,), k, dtype=torch.long) for k, (_, ir) in enumerate(irreps)])
 
 
 def spread_over_components(w: torch.Tensor, dims: List[int]) -> torch.Tensor:
@@ -73,7 +67,6 @@ class SparseContraction(nn.Module):
     def __init__(self, entries: List[Tuple[int, int, int]], dims: Tuple[int, int, int]):
         super().__init__()
         self.dims = dims
-        self.num_entries = len(entries)
         self.widths: Dict[str, int] = {}
         for order in ROLE_ORDERS:
             o, a, b = order
@@ -88,7 +81,6 @@ class SparseContraction(nn.Module):
             self.register_buffer(f"b_{name}", table[:, 1].contiguous(), persistent=False)
             self.register_buffer(f"q_{name}", table[:, 2].contiguous(), persistent=False)
             self.widths[name] = width
-        self.width = self.widths["012"]
         index = torch.tensor(entries, dtype=torch.long).reshape(-1, 3)
         for space in range(3):
             self.register_buffer(f"entry_{space}", index[:, space].contiguous(), persistent=False)
@@ -104,14 +96,16 @@ class SparseContraction(nn.Module):
         return getattr(self, f"a_{name}"), getattr(self, f"b_{name}"), getattr(self, f"q_{name}"), self.widths[name]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """coef (num_entries, channels or 1); x (E, dims[1], C or 1), y (E, dims[2], C or 1).
-
-        Compiled (export): the sparse gathers, unrolled. Eager and TorchScript: the outer product of x and y
-        per channel times the dense per-channel kernel, one batched matrix multiply, which moves far less
-        memory than materialising every gathered entry."""
+        """coef (num_entries, channels or 1); x (E, dims[1], C); y (E, dims[2], C or 1)."""
         if not torch.jit.is_scripting() and exporting():
             return _contract_function(x, y, coef, self)
         return self.dense(x, y, coef)
+
+    def _kernel(self, coef: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
+        """The entries' coefficients laid into a dense (channels, rows, rest) kernel at `index`."""
+        total = self.dims[0] * self.dims[1] * self.dims[2]
+        kernel = torch.zeros(coef.shape[1], total, dtype=coef.dtype, device=coef.device)
+        return kernel.index_add(1, index, coef.t()).view(coef.shape[1], rows, total // rows)
 
     def node_grouped(
         self, x: torch.Tensor, y_nodes: torch.Tensor, coef: torch.Tensor, slots: torch.Tensor, width: int
@@ -122,10 +116,8 @@ class SparseContraction(nn.Module):
         edges of node i, padded to `width` slots (slots[e] = center[e] * width + slot), go through one
         batched matrix multiply: out_i = A_i X_i, with no per-edge intermediate larger than x itself."""
         dim_out, dim_x, dim_y = self.dims[0], self.dims[1], self.dims[2]
-        num_nodes, channels = y_nodes.shape[0], coef.shape[1]
-        kernel = torch.zeros(channels, dim_y * dim_out * dim_x, dtype=coef.dtype, device=coef.device)
-        kernel = kernel.index_add(1, self.node_index, coef.t()).view(channels, dim_y, dim_out * dim_x)
-        a = torch.matmul(y_nodes.permute(2, 0, 1), kernel)  # (C, N, dim_out * dim_x)
+        num_nodes = y_nodes.shape[0]
+        a = torch.matmul(y_nodes.permute(2, 0, 1), self._kernel(coef, self.node_index, dim_y))  # (C, N, out*x)
         a = a.view(-1, num_nodes, dim_out, dim_x).transpose(0, 1)  # (N, C, dim_out, dim_x)
         padded = scatter_sum(x, slots, num_nodes * width).view(num_nodes, width, dim_x, -1).permute(0, 3, 2, 1)
         out = torch.matmul(a, padded)  # (N, C, dim_out, width)
@@ -133,9 +125,11 @@ class SparseContraction(nn.Module):
 
     def dense(self, x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         dim_out, dim_x, dim_y = self.dims[0], self.dims[1], self.dims[2]
-        channels = coef.shape[1]
-        kernel = torch.zeros(channels, dim_x * dim_y * dim_out, dtype=coef.dtype, device=coef.device)
-        kernel = kernel.index_add(1, self.dense_index, coef.t()).view(channels, dim_x * dim_y, dim_out)
+        if y.shape[-1] == 1 and coef.shape[-1] == 1:
+            # y and the coefficients shared by all channels: one (dim_out, dim_x) matrix per row times x
+            a = torch.matmul(y.squeeze(-1), self._kernel(coef, self.node_index, dim_y)[0])
+            return torch.bmm(a.view(-1, dim_out, dim_x), x)
+        kernel = self._kernel(coef, self.dense_index, dim_x * dim_y)  # (C, dim_x * dim_y, dim_out)
         xs, ys = x.permute(2, 0, 1), y.permute(2, 0, 1)  # (C, E, dim)
         outer = (xs.unsqueeze(-1) * ys.unsqueeze(-2)).flatten(-2)  # (C, E, dim_x * dim_y)
         return torch.matmul(outer, kernel).permute(1, 2, 0)
@@ -145,10 +139,7 @@ _UNROLLED = [False]
 
 
 class unrolled_contractions:
-    """Within this context the contractions are written as a sum of `width` gathered products instead
-    of a reduction over a materialised (rows, dim_out, width, channels) tensor. Inductor turns the
-    unrolled form into one loop over (row, component) vectorised along channels (used for export);
-    in eager mode the materialised form is faster (fewer, larger operations)."""
+    """The exporter traces the model inside this context: contractions take their unrolled, gather-only form."""
 
     def __enter__(self):
         self.previous = _UNROLLED[0]
@@ -164,17 +155,9 @@ def exporting() -> bool:
     return _UNROLLED[0]
 
 
-def contract(x, y, coef, index_a, index_b, entry, width: int, dim_out: int) -> torch.Tensor:
-    """out[e, k, c] = sum_p coef[entry[k, p], c] x[e, index_a[k, p], c] y[e, index_b[k, p], c] as gathers of
-    x and y, a product and a sum over the padded entries p."""
-    coef = torch.cat([coef, torch.zeros_like(coef[:1])]).index_select(0, entry)
-    xs = x.index_select(1, index_a).unflatten(1, (dim_out, width))
-    ys = y.index_select(1, index_b).unflatten(1, (dim_out, width))
-    return (xs * ys * coef.unflatten(0, (dim_out, width))).sum(2)
-
-
 def contract_unrolled(x, y, coef, index_a, index_b, entry, width: int, dim_out: int) -> torch.Tensor:
-    """The same as `contract`, written as a sum of `width` gathered products."""
+    """out[e, k, c] = sum_p coef[entry[k, p], c] x[e, index_a[k, p], c] y[e, index_b[k, p], c], written out
+    as `width` gathered products (the padding entries point at an extra zero coefficient)."""
     coef = torch.cat([coef, torch.zeros_like(coef[:1])]).index_select(0, entry).view(dim_out, width, -1)
     index_a, index_b = index_a.view(dim_out, width), index_b.view(dim_out, width)
     out = x.index_select(1, index_a[:, 0]) * y.index_select(1, index_b[:, 0]) * coef[:, 0]
@@ -193,8 +176,7 @@ class _Contract(torch.autograd.Function):
     def forward(ctx, x, y, coef, plan, order):
         ctx.save_for_backward(x, y, coef)
         ctx.plan, ctx.order = plan, order
-        kernel = contract_unrolled if _UNROLLED[0] else contract
-        return kernel(x, y, coef, *plan.table(order), plan.dims[order[0]])
+        return contract_unrolled(x, y, coef, *plan.table(order), plan.dims[order[0]])
 
     @staticmethod
     def backward(ctx, grad):
