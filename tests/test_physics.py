@@ -101,14 +101,23 @@ def check_rotations(model, hyper, atoms, tol, seed, translation=(0.0, 0.0, 0.0))
     return ref
 
 
+def central_difference(model, hyper, atoms, displace, h):
+    """(E(+h) - E(-h)) / 2h, where displace(copy, step) moves a copy of `atoms` by the step."""
+    energies = []
+    for step in (h, -h):
+        moved = atoms.copy()
+        displace(moved, step)
+        energies.append(results(model, hyper, moved)["energy"])
+    return (energies[0] - energies[1]) / (2 * h)
+
+
 def check_finite_difference_forces(model, hyper, atoms, forces, points, h, tol):
     for atom, axis in points:
-        energies = []
-        for sign in (1, -1):
-            displaced = atoms.copy()
-            displaced.positions[atom, axis] += sign * h
-            energies.append(results(model, hyper, displaced)["energy"])
-        fd = -(energies[0] - energies[1]) / (2 * h)
+
+        def displace(moved, step):
+            moved.positions[atom, axis] += step
+
+        fd = -central_difference(model, hyper, atoms, displace, h)
         assert abs(fd - forces[atom, axis]) <= tol * np.abs(forces).max()
 
 
@@ -149,14 +158,13 @@ def test_stress_is_finite_strain_derivative(kind, dtype):
     atoms = alloy("triclinic", seed=4)
     stress = results(model, hyper, atoms)["stress"]
     for a, b in [(0, 0), (1, 2), (0, 1), (2, 2)]:
-        energies = []
-        for sign in (1, -1):
-            strained = atoms.copy()
+
+        def strain(moved, step):
             eps = np.eye(3)
-            eps[a, b] += sign * h
-            strained.set_cell(atoms.cell.array @ eps, scale_atoms=True)
-            energies.append(results(model, hyper, strained)["energy"])
-        fd = (energies[0] - energies[1]) / (2 * h) / atoms.get_volume()
+            eps[a, b] += step
+            moved.set_cell(atoms.cell.array @ eps, scale_atoms=True)
+
+        fd = central_difference(model, hyper, atoms, strain, h) / atoms.get_volume()
         assert abs(fd - stress[a, b]) <= tol * np.abs(stress).max()
 
 
