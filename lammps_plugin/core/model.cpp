@@ -1,10 +1,12 @@
 #include "model.h"
 
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/cuda.h>
 #include <torch/script.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -95,6 +97,7 @@ struct Model::Impl {
   torch::Device device{torch::kCPU};
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> aoti;
   torch::jit::Module script;
+  double last_model_seconds = 0.0;
 
   std::vector<torch::Tensor> run(std::vector<torch::Tensor> inputs) {
     if (aoti) return aoti->run(inputs);
@@ -104,28 +107,60 @@ struct Model::Impl {
   }
 };
 
-Model::Model(const std::string& path, int device_index) : impl_(std::make_unique<Impl>()) {
-  impl_->path = path;
+namespace {
+
+void check_readable(const std::string& path) {
   if (!std::ifstream(path, std::ios::binary).good())
     throw Error("cannot open model artifact '" + path + "': no such file or not readable");
+}
+
+std::string format_of(const std::string& path) {
+  if (ends_with(path, ".pt2")) return "aotinductor";
+  if (ends_with(path, ".pth") || ends_with(path, ".pt")) return "torchscript";
+  throw Error("model artifact '" + path + "' must end in .pt2 (AOTInductor) or .pth (TorchScript)");
+}
+
+}  // namespace
+
+Metadata Model::read_metadata(const std::string& path) {
+  check_readable(path);
+  const std::string format = format_of(path);
+  std::map<std::string, std::string> raw;
+  try {
+    if (format == "aotinductor") {
+      for (const auto& kv : torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path, "model"))
+        raw[kv.first] = kv.second;
+    } else {
+      torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
+      torch::jit::load(path, torch::kCPU, extra);
+      raw = parse_key_values(extra[kMetadataFile]);
+    }
+  } catch (const c10::Error& e) {
+    throw Error("cannot load model artifact '" + path + "' as " + format + ": " + e.what_without_backtrace());
+  } catch (const std::exception& e) {
+    throw Error("cannot load model artifact '" + path + "' as " + format + ": " + e.what());
+  }
+  return Metadata::parse(raw);
+}
+
+Model::Model(const std::string& path, int device_index) : impl_(std::make_unique<Impl>()) {
+  impl_->path = path;
+  check_readable(path);
   if (device_index >= 0) impl_->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_index));
   const std::string want_device = device_index >= 0 ? "cuda" : "cpu";
 
   try {
     std::map<std::string, std::string> raw;
-    if (ends_with(path, ".pt2")) {
-      impl_->format = "aotinductor";
+    impl_->format = format_of(path);
+    if (impl_->format == "aotinductor") {
       impl_->aoti = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
           path, "model", false, 1, static_cast<c10::DeviceIndex>(device_index));
       for (const auto& kv : impl_->aoti->get_metadata()) raw[kv.first] = kv.second;
-    } else if (ends_with(path, ".pth") || ends_with(path, ".pt")) {
-      impl_->format = "torchscript";
+    } else {
       torch::jit::ExtraFilesMap extra{{kMetadataFile, ""}};
       impl_->script = torch::jit::load(path, impl_->device, extra);
       impl_->script.eval();
       raw = parse_key_values(extra[kMetadataFile]);
-    } else {
-      throw Error("model artifact '" + path + "' must end in .pt2 (AOTInductor) or .pth (TorchScript)");
     }
     impl_->metadata = Metadata::parse(raw);
   } catch (const c10::Error& e) {
@@ -176,7 +211,11 @@ void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces)
   std::vector<torch::Tensor> out;
   try {
     const auto& dev = impl_->device;
-    out = impl_->run({vectors.to(dev), index.to(dev), types.to(dev), n_local.to(dev)});
+    std::vector<torch::Tensor> inputs{vectors.to(dev), index.to(dev), types.to(dev), n_local.to(dev)};
+    const auto start = std::chrono::steady_clock::now();
+    out = impl_->run(std::move(inputs));
+    if (dev.is_cuda()) torch::cuda::synchronize(dev.index());
+    impl_->last_model_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   } catch (const c10::Error& e) {
     throw Error(std::string("model evaluation failed: ") + e.what_without_backtrace());
   }
@@ -189,9 +228,12 @@ void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces)
   if (g.num_edges > 0) std::copy_n(forces.data_ptr<double>(), 3 * g.num_edges, edge_forces);
 }
 
+double Model::last_model_seconds() const { return impl_->last_model_seconds; }
+
 void set_num_threads(int n) {
   if (n > 0) at::set_num_threads(n);
 }
 int get_num_threads() { return at::get_num_threads(); }
+int cuda_device_count() { return static_cast<int>(torch::cuda::device_count()); }
 
 }  // namespace vivace

@@ -62,6 +62,12 @@ class Model {
   // Writes atomic_energy (N,) and edge_forces (E,3) = dE_local/dr_ij, both float64.
   void evaluate(const Graph& graph, double* atomic_energy, double* edge_forces);
 
+  // Wall seconds the last evaluate() spent inside the model itself (the rest is copies and checks).
+  double last_model_seconds() const;
+
+  // The metadata of an artifact, read without loading it onto a device.
+  static Metadata read_metadata(const std::string& path);
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;
@@ -69,5 +75,6 @@ class Model {
 
 void set_num_threads(int n);
 int get_num_threads();
+int cuda_device_count();  // 0 with a CPU-only torch
 
 }  // namespace vivace

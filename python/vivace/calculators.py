@@ -63,10 +63,23 @@ def edge_results(atoms, backend) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np
     return energies, edge_forces, vectors, edge_index
 
 
-class VivaceCalculator(Calculator):
-    """Energy, forces, stress (periodic cells) and per-atom energies from a checkpoint or an artifact."""
+def atom_virials(edge_forces: np.ndarray, vectors: np.ndarray, edge_index: np.ndarray, num_atoms: int) -> np.ndarray:
+    """Per-atom virials (N, 3, 3): each edge's W = -r_ij (x) g_ij, half to i and half to j (as the pair style)."""
+    w = -0.5 * vectors[:, :, None] * edge_forces[:, None, :]
+    virials = np.zeros((num_atoms, 3, 3))
+    np.add.at(virials, edge_index[0], w)
+    np.add.at(virials, edge_index[1], w)
+    return virials
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+
+class VivaceCalculator(Calculator):
+    """Energy, forces, stress, per-atom energies and per-atom stresses from a checkpoint or an artifact.
+
+    Per-atom stresses (periodic cells) are -W_i / V in Voigt order, W_i the atom's share of the edge virials,
+    so they sum to the stress; LAMMPS's compute stress/atom (zero velocities) is -W_i in pressure x volume.
+    """
+
+    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress", "stresses"]
 
     def __init__(self, model: str, **kwargs):
         super().__init__(**kwargs)
@@ -88,5 +101,8 @@ class VivaceCalculator(Calculator):
             "forces": forces,
         }
         if atoms.cell.rank == 3:
-            stress = g.T @ vectors / atoms.get_volume()  # sigma_ab = (1/V) sum_e g_a r_b
+            volume = atoms.get_volume()
+            stress = g.T @ vectors / volume  # sigma_ab = (1/V) sum_e g_a r_b
             self.results["stress"] = stress.ravel()[[0, 4, 8, 5, 2, 1]]
+            stresses = -atom_virials(g, vectors, edge_index, len(atoms)) / volume
+            self.results["stresses"] = stresses.reshape(-1, 9)[:, [0, 4, 8, 5, 2, 1]]

@@ -28,15 +28,17 @@ def lammps_command(nprocs: int = 1) -> List[str]:
     return [_find("mpirun"), "-np", str(nprocs), lmp] if nprocs > 1 else [lmp]
 
 
-def run_lammps(input_text: str, workdir: str, nprocs: int = 1, timeout: float = 600, env=None) -> str:
-    """Runs the input in `workdir`; returns the screen output, or raises with LAMMPS's own error."""
+def run_lammps(input_text: str, workdir: str, nprocs: int = 1, timeout: float = 600, env=None,
+               args: Sequence[str] = ()) -> str:
+    """Runs the input in `workdir` (extra `lmp` command-line `args`, e.g. -partition); returns the screen output,
+    or raises with LAMMPS's own error."""
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "in.lammps"), "w") as f:
         f.write(input_text)
     run_env = dict(os.environ if env is None else env)
     run_env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run(
-        lammps_command(nprocs) + ["-in", "in.lammps", "-nocite"],
+        lammps_command(nprocs) + ["-in", "in.lammps", "-nocite", *args],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -55,12 +57,23 @@ class LammpsError(RuntimeError):
         self.output = output
 
 
-def write_data(atoms, path: str, type_names: Sequence[str]) -> None:
-    """A LAMMPS data file (atom_style atomic, metal units) with types numbered in `type_names` order."""
+def write_data(atoms, path: str, type_names: Sequence[str], ids: Optional[Sequence[int]] = None) -> None:
+    """A LAMMPS data file (atom_style atomic, metal units) with types numbered in `type_names` order;
+    `ids` replaces the atom IDs 1..N."""
     import ase.io
 
     ase.io.write(path, atoms, format="lammps-data", specorder=list(type_names), masses=True, units="metal",
                  atom_style="atomic")
+    if ids is None:
+        return
+    with open(path) as f:
+        lines = f.read().split("\n")
+    start = next(k for k, l in enumerate(lines) if l.strip().startswith("Atoms")) + 2
+    for k in range(len(atoms)):
+        fields = lines[start + k].split()
+        lines[start + k] = " ".join([str(ids[int(fields[0]) - 1])] + fields[1:])
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
 
 
 @dataclass
@@ -69,6 +82,8 @@ class SinglePoint:
     energies: np.ndarray  # (N,) per-atom energies, in atom-ID order
     forces: np.ndarray  # (N, 3)
     stress: np.ndarray  # (3, 3), ASE sign, eV/A^3, from the virial alone
+    atom_virials: np.ndarray  # (N, 6) W_i in eV, LAMMPS order xx yy zz xy xz yz (compute stress/atom)
+    centroid_virials: np.ndarray  # (N, 3, 3) W_i in eV (compute centroid/stress/atom)
     output: str
 
 
@@ -101,10 +116,11 @@ def read_thermo(output: str) -> Dict[str, np.ndarray]:
 
 
 def single_point(atoms, pair_lines: str, type_names: Sequence[str], workdir: str, nprocs: int = 1,
-                 processors: Optional[str] = None) -> SinglePoint:
-    """Energy, per-atom energies, forces and virial stress of `atoms` under the given pair_style lines."""
+                 processors: Optional[str] = None, ids: Optional[Sequence[int]] = None) -> SinglePoint:
+    """Energy, per-atom energies, forces, virial stress and per-atom virials of `atoms` under the given
+    pair_style lines. Per-atom rows are in atom-ID order (`ids`, default 1..N)."""
     os.makedirs(workdir, exist_ok=True)
-    write_data(atoms, os.path.join(workdir, "data.lmp"), type_names)
+    write_data(atoms, os.path.join(workdir, "data.lmp"), type_names, ids)
     script = f"""
 units metal
 atom_style atomic
@@ -115,9 +131,11 @@ read_data data.lmp
 {pair_lines}
 compute pe_atom all pe/atom
 compute virial all pressure NULL virial
+compute sa all stress/atom NULL virial
+compute csa all centroid/stress/atom NULL virial
 thermo_style custom step pe c_virial[1] c_virial[2] c_virial[3] c_virial[4] c_virial[5] c_virial[6]
 thermo_modify format float %.17g
-dump d all custom 1 forces.dump id fx fy fz c_pe_atom
+dump d all custom 1 forces.dump id fx fy fz c_pe_atom c_sa[*] c_csa[*]
 dump_modify d format float %.17g
 run 0
 print "RESULT $(pe:%.17g) $(c_virial[1]:%.17g) $(c_virial[2]:%.17g) $(c_virial[3]:%.17g) $(c_virial[4]:%.17g) $(c_virial[5]:%.17g) $(c_virial[6]:%.17g)"
@@ -132,5 +150,7 @@ print "RESULT $(pe:%.17g) $(c_virial[1]:%.17g) $(c_virial[2]:%.17g) $(c_virial[3
         energies=rows[:, 4],
         forces=rows[:, 1:4],
         stress=-pressure / NKTV2P_METAL,
+        atom_virials=-rows[:, 5:11] / NKTV2P_METAL,
+        centroid_virials=-rows[:, [11, 14, 15, 17, 12, 16, 18, 19, 13]].reshape(-1, 3, 3) / NKTV2P_METAL,
         output=out,
     )

@@ -1,0 +1,337 @@
+#include "pair_vivace.h"
+
+#include "atom.h"
+#include "comm.h"
+#include "error.h"
+#include "force.h"
+#include "memory.h"
+#include "neigh_list.h"
+#include "neighbor.h"
+#include "platform.h"
+#include "update.h"
+#include "utils.h"
+
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+using namespace LAMMPS_NS;
+
+PairVivace::PairVivace(LAMMPS *lmp, const std::string &kind_) : Pair(lmp), kind(kind_) {
+  single_enable = 0;
+  restartinfo = 0;
+  one_coeff = 1;
+  manybody_flag = 1;
+  no_virial_fdotr_compute = 1;
+  centroidstressflag = CENTROID_AVAIL;
+  ghostneigh = kind == "nequip" ? 1 : 0;  // set before pair_coeff so that pair_style hybrid sees it
+}
+
+PairVivace::~PairVivace() {
+  if (allocated) {
+    memory->destroy(setflag);
+    memory->destroy(cutsq);
+    memory->destroy(cutghost);
+  }
+}
+
+void PairVivace::allocate() {
+  allocated = 1;
+  int n = atom->ntypes + 1;
+  memory->create(setflag, n, n, "pair:setflag");
+  memory->create(cutsq, n, n, "pair:cutsq");
+  memory->create(cutghost, n, n, "pair:cutghost");
+  for (int i = 0; i < n; i++)
+    for (int j = 0; j < n; j++) setflag[i][j] = 0;
+}
+
+// pair_style allegro|nequip [threads N]
+void PairVivace::settings(int narg, char **arg) {
+  int iarg = 0;
+  while (iarg < narg) {
+    if (strcmp(arg[iarg], "threads") == 0) {
+      if (iarg + 2 > narg) error->all(FLERR, "pair_style {}: 'threads' needs a value", kind);
+      requested_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (requested_threads < 1) error->all(FLERR, "pair_style {}: threads must be at least 1", kind);
+      iarg += 2;
+    } else {
+      error->all(FLERR, "pair_style {}: unknown keyword '{}' (known: threads)", kind, arg[iarg]);
+    }
+  }
+}
+
+// A CUDA artifact runs on the GPU numbered by this rank's node-local rank within `world` (modulo the count).
+int PairVivace::choose_device(const std::string &device) {
+  if (device != "cuda") return -1;
+  const int count = vivace::cuda_device_count();
+  if (count == 0)
+    error->one(FLERR,
+               "pair_style {}: the model was exported for cuda, but this torch sees no CUDA device (CPU-only "
+               "torch or no GPU on this node); export it again with --device cpu",
+               kind);
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+  int node_rank = 0;
+  MPI_Comm_rank(node, &node_rank);
+  MPI_Comm_free(&node);
+  return node_rank % count;
+}
+
+// pair_coeff * * model.pt2 El1 El2 ... (one element or NULL per LAMMPS atom type)
+void PairVivace::coeff(int narg, char **arg) {
+  if (!allocated) allocate();
+  const int ntypes = atom->ntypes;
+  if (narg < 3 || strcmp(arg[0], "*") != 0 || strcmp(arg[1], "*") != 0)
+    error->all(FLERR, "pair_coeff for {} must be: pair_coeff * * model.pt2 El1 ... El{}", kind, ntypes);
+  if (narg != 3 + ntypes)
+    error->all(FLERR,
+               "pair_coeff for {} names {} element(s) after the model file, but the box has {} atom "
+               "type(s): give exactly one element (or NULL) per LAMMPS type",
+               kind, narg - 3, ntypes);
+
+  const std::string path = arg[2];
+  try {
+    const auto found = vivace::Model::read_metadata(path);
+    if (found.model_kind != kind)
+      error->all(FLERR, "pair_style {}: {} holds a '{}' model; use pair_style {}", kind, path, found.model_kind,
+                 found.model_kind);
+    device_index = choose_device(found.device);
+    model = std::make_unique<vivace::Model>(path, device_index);
+  } catch (const vivace::Error &e) {
+    error->all(FLERR, "pair_style {}: {}", kind, e.what());
+  }
+  const auto &meta = model->metadata();
+  if (meta.units != update->unit_style)
+    error->all(FLERR,
+               "pair_style {}: the model was trained in LAMMPS units '{}' but this input uses units '{}'; "
+               "set 'units {}' before the box is created",
+               kind, meta.units, update->unit_style, meta.units);
+
+  std::string known;
+  for (const auto &name : meta.type_names) known += " " + name;
+  type_map.assign(ntypes + 1, -1);
+  for (int t = 1; t <= ntypes; t++) {
+    const std::string element = arg[2 + t];
+    if (element == "NULL") continue;
+    int found = -1;
+    for (int k = 0; k < meta.num_types(); k++)
+      if (meta.type_names[k] == element) found = k;
+    if (found < 0)
+      error->all(FLERR, "pair_style {}: element '{}' (LAMMPS type {}) is not in the model, which knows:{}", kind,
+                 element, t, known);
+    type_map[t] = found;
+  }
+
+  const int T = meta.num_types();
+  cutsq_by_type.assign(T * T, 0.0);
+  max_cutoff = 0.0;
+  for (int a = 0; a < T; a++)
+    for (int b = 0; b < T; b++) {
+      cutsq_by_type[a * T + b] = meta.cutoff(a, b) * meta.cutoff(a, b);
+      max_cutoff = std::max(max_cutoff, meta.cutoff(a, b));
+    }
+  depth = std::max(1, meta.message_passing_depth);
+  if (depth > 1 && !ghostneigh)
+    error->all(FLERR, "pair_style {}: the model passes messages over {} hops; use pair_style nequip", kind, depth);
+
+  for (int i = 1; i <= ntypes; i++)
+    for (int j = 1; j <= ntypes; j++) setflag[i][j] = (type_map[i] >= 0 && type_map[j] >= 0) ? 1 : 0;
+
+  std::vector<int> devices(comm->nprocs);
+  MPI_Gather(&device_index, 1, MPI_INT, devices.data(), 1, MPI_INT, 0, world);
+  if (comm->me == 0) {
+    std::string mapping;
+    for (int t = 1; t <= ntypes; t++)
+      mapping += fmt::format(" {}->{}", t, type_map[t] < 0 ? std::string("NULL") : meta.type_names[type_map[t]]);
+    utils::logmesg(lmp, "pair_style {}: loaded {} ({}, {}, r_max {}, units {}, message-passing depth {})\n", kind,
+                   path, model->format(), meta.model_dtype, meta.r_max, meta.units, depth);
+    utils::logmesg(lmp, "pair_style {}: LAMMPS type -> element:{}\n", kind, mapping);
+    std::string placement;
+    for (int r = 0; r < comm->nprocs; r++)
+      placement += devices[r] < 0 ? std::string(" cpu") : fmt::format(" cuda:{}", devices[r]);
+    utils::logmesg(lmp, "pair_style {}: device of each MPI rank:{}\n", kind, placement);
+  }
+}
+
+void PairVivace::init_style() {
+  if (!model) error->all(FLERR, "pair_style {}: pair_coeff * * model.pt2 ... must come before the run", kind);
+  if (force->newton_pair == 0) error->all(FLERR, "pair_style {} requires newton pair on", kind);
+  if (atom->tag_enable == 0) error->all(FLERR, "pair_style {} requires atom IDs", kind);
+  neighbor->add_request(this, depth > 1 ? NeighConst::REQ_FULL | NeighConst::REQ_GHOST : NeighConst::REQ_FULL);
+
+  if (depth > 1) {
+    // Every atom within D hops of a local atom must be a ghost for the whole reneighboring interval.
+    const double shell = depth * max_cutoff + neighbor->skin;
+    if (comm->cutghostuser < shell) comm->cutghostuser = shell;
+    if (comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style {}: ghost shell = depth {} x cutoff {} + skin {}: communication cutoff set to {}\n",
+                     kind, depth, max_cutoff, neighbor->skin, comm->cutghostuser);
+  }
+
+  int threads = requested_threads;
+  if (threads == 0) {
+    const char *omp = std::getenv("OMP_NUM_THREADS");
+    threads = omp ? std::atoi(omp) : 1;
+  }
+  vivace::set_num_threads(threads > 0 ? threads : 1);
+  if (comm->me == 0)
+    utils::logmesg(lmp, "pair_style {}: {} torch thread(s) per MPI rank ({})\n", kind, vivace::get_num_threads(),
+                   requested_threads ? "pair_style threads" : "OMP_NUM_THREADS");
+  seconds_total = seconds_graph = seconds_model = 0.0;
+  calls = 0;
+}
+
+double PairVivace::init_one(int i, int j) {
+  if (setflag[i][j] == 0) return 0.0;
+  const int T = model->metadata().num_types();
+  const int a = type_map[i], b = type_map[j];
+  const double cut = std::sqrt(std::max(cutsq_by_type[a * T + b], cutsq_by_type[b * T + a]));
+  cutghost[i][j] = cutghost[j][i] = cut;
+  return cut;
+}
+
+// Nodes in order of hops from the local atoms: mapped local atoms first (these count), then each shell.
+// Edges run from every node fewer than `depth` hops away to all its neighbors within the type-pair cutoff.
+void PairVivace::build_graph() {
+  double **x = atom->x;
+  const int *type = atom->type;
+  const int nall = atom->nlocal + atom->nghost;
+  const int T = model->metadata().num_types();
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+
+  node_of_atom.assign(nall, -1);
+  atom_of_node.clear();
+  node_type.clear();
+  edge_center.clear();
+  edge_neighbor.clear();
+  edge_vectors.clear();
+
+  auto add_node = [&](int a) {
+    node_of_atom[a] = static_cast<int>(atom_of_node.size());
+    atom_of_node.push_back(a);
+    node_type.push_back(type_map[type[a]]);
+  };
+
+  for (int ii = 0; ii < list->inum; ii++) {
+    const int i = ilist[ii];
+    if (type_map[type[i]] < 0) continue;
+    if (!std::isfinite(x[i][0]) || !std::isfinite(x[i][1]) || !std::isfinite(x[i][2]))
+      error->one(FLERR, "pair_style {}: atom {} has a non-finite position", kind, atom->tag[i]);
+    add_node(i);
+  }
+  num_local_nodes = static_cast<int64_t>(atom_of_node.size());
+
+  size_t shell_begin = 0;
+  for (int hop = 0; hop < depth; hop++) {
+    const size_t shell_end = atom_of_node.size();
+    for (size_t n = shell_begin; n < shell_end; n++) {
+      const int i = atom_of_node[n];
+      const int ti = type_map[type[i]];
+      const int *jlist = firstneigh[i];
+      for (int jj = 0; jj < numneigh[i]; jj++) {
+        const int j = jlist[jj] & NEIGHMASK;
+        const int tj = type_map[type[j]];
+        if (tj < 0) continue;
+        const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
+        if (dx * dx + dy * dy + dz * dz >= cutsq_by_type[ti * T + tj]) continue;
+        if (node_of_atom[j] < 0) add_node(j);
+        edge_center.push_back(static_cast<int64_t>(n));
+        edge_neighbor.push_back(node_of_atom[j]);
+        edge_vectors.insert(edge_vectors.end(), {dx, dy, dz});
+      }
+    }
+    shell_begin = shell_end;
+  }
+}
+
+void PairVivace::compute(int eflag, int vflag) {
+  const double start = platform::walltime();
+  ev_init(eflag, vflag);
+  build_graph();
+  const double built = platform::walltime();
+
+  vivace::Graph g;
+  g.edge_vectors = edge_vectors.data();
+  g.edge_center = edge_center.data();
+  g.edge_neighbor = edge_neighbor.data();
+  g.atom_types = node_type.data();
+  g.num_nodes = static_cast<int64_t>(atom_of_node.size());
+  g.num_edges = static_cast<int64_t>(edge_center.size());
+  g.num_local = num_local_nodes;
+
+  atomic_energy.resize(g.num_nodes);
+  edge_forces.resize(3 * g.num_edges);
+  try {
+    model->evaluate(g, atomic_energy.data(), edge_forces.data());
+  } catch (const vivace::Error &e) {
+    error->one(FLERR, "pair_style {}: {}", kind, e.what());
+  }
+  tally();
+
+  const bool ran = g.num_nodes > 0 && g.num_local > 0;
+  seconds_model += ran ? model->last_model_seconds() : 0.0;
+  seconds_graph += built - start;
+  seconds_total += platform::walltime() - start;
+  calls++;
+}
+
+// Edge force g = dE/dr_ij acts as +g on i and -g on j; its virial is -r_ij (x) g, shared half and half
+// between i and j (per-atom and centroid virials alike).
+void PairVivace::tally() {
+  double **f = atom->f;
+  for (int64_t n = 0; n < num_local_nodes; n++) {
+    const int a = atom_of_node[n];
+    if (eflag_global) eng_vdwl += atomic_energy[n];
+    if (eflag_atom) eatom[a] += atomic_energy[n];
+  }
+
+  const size_t E = edge_center.size();
+  for (size_t k = 0; k < E; k++) {
+    const int i = atom_of_node[edge_center[k]], j = atom_of_node[edge_neighbor[k]];
+    const double *g = &edge_forces[3 * k];
+    const double *r = &edge_vectors[3 * k];
+    f[i][0] += g[0];
+    f[i][1] += g[1];
+    f[i][2] += g[2];
+    f[j][0] -= g[0];
+    f[j][1] -= g[1];
+    f[j][2] -= g[2];
+    if (!vflag_either) continue;
+    // xx yy zz xy xz yz, then yx zx zy for the centroid form.
+    const double v[9] = {-r[0] * g[0], -r[1] * g[1], -r[2] * g[2], -r[0] * g[1], -r[0] * g[2],
+                         -r[1] * g[2], -r[1] * g[0], -r[2] * g[0], -r[2] * g[1]};
+    if (vflag_global)
+      for (int c = 0; c < 6; c++) virial[c] += v[c];
+    if (vflag_atom)
+      for (int c = 0; c < 6; c++) {
+        vatom[i][c] += 0.5 * v[c];
+        vatom[j][c] += 0.5 * v[c];
+      }
+    if (cvflag_atom)
+      for (int c = 0; c < 9; c++) {
+        cvatom[i][c] += 0.5 * v[c];
+        cvatom[j][c] += 0.5 * v[c];
+      }
+  }
+}
+
+// At the end of a run: where the pair style's time went, averaged over ranks.
+void PairVivace::finish() {
+  double mine[4] = {seconds_total, seconds_graph, seconds_model, static_cast<double>(calls)};
+  double sum[4];
+  MPI_Allreduce(mine, sum, 4, MPI_DOUBLE, MPI_SUM, world);
+  if (comm->me != 0 || sum[3] == 0.0 || sum[0] <= 0.0) return;
+  const double per_call_ms = 1e3 * sum[0] / sum[3];
+  const double other = sum[0] - sum[1] - sum[2];
+  utils::logmesg(lmp,
+                 "pair_style {} timing: {:.3f} ms per call per rank; model {:.1f}%, plugin overhead {:.1f}% "
+                 "(graph {:.1f}%, copies and forces {:.1f}%)\n",
+                 kind, per_call_ms, 100.0 * sum[2] / sum[0], 100.0 * (sum[1] + other) / sum[0],
+                 100.0 * sum[1] / sum[0], 100.0 * other / sum[0]);
+}
