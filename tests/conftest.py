@@ -1,4 +1,4 @@
-"""Shared fixtures: small generated structures, a random-weight model checkpoint and its two artifacts."""
+"""Shared fixtures: small generated structures, random-weight test models and their artifacts."""
 
 import os
 
@@ -51,20 +51,6 @@ def make_checkpoint(path: str, dtype: str = "float64", seed: int = 0, kind: str 
     spec = {"kind": kind, "hyperparameters": hyper, "type_names": TYPE_NAMES, "dtype": dtype, "units": "metal"}
     save_checkpoint(path, {"model": spec, "state_dict": model.state_dict()})
     return path
-
-
-@pytest.fixture(scope="session")
-def artifacts(tmp_path_factory):
-    """A float64 random-weight checkpoint and its .pt2 and .pth exports."""
-    from vivace.export import export
-
-    folder = tmp_path_factory.mktemp("artifacts")
-    checkpoint = make_checkpoint(str(folder / "model.ckpt"))
-    return {
-        "checkpoint": checkpoint,
-        "pt2": export(checkpoint, str(folder / "model.pt2")),
-        "pth": export(checkpoint, str(folder / "model.pth")),
-    }
 
 
 @pytest.fixture(scope="session")
