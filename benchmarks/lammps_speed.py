@@ -69,6 +69,7 @@ def make_artifact(kind: str, folder: str) -> str:
 def lammps_case(kind, artifact, atoms, nprocs, threads, steps, folder):
     from vivace.lammps_run import run_lammps, write_data
 
+    os.makedirs(folder, exist_ok=True)
     write_data(atoms, os.path.join(folder, "data.lmp"), TYPE_NAMES)
     out = run_lammps(
         f"""units metal
