@@ -17,7 +17,7 @@ import sys
 import ase.io
 import numpy as np
 
-from vivace.lammps_run import read_labelled_frames, run_lammps, wheel_potential
+from vivace.lammps_run import nvt_frames, wheel_potential
 
 ELEMENTS = ["Cu", "Al"]  # LAMMPS types 1 and 2
 MASSES = [63.546, 26.982]
@@ -31,10 +31,7 @@ STATES = [
 
 
 def reference_frames(workdir, al_fraction, lattice, temperature, seed, frames=12, every=40):
-    script = f"""units metal
-atom_style atomic
-atom_modify map array
-lattice fcc {lattice}
+    system = f"""lattice fcc {lattice}
 region box block 0 3 0 3 0 3
 create_box 2 box
 create_atoms 1 box
@@ -42,18 +39,8 @@ set type 1 type/fraction 2 {al_fraction} {seed}
 mass 1 {MASSES[0]}
 mass 2 {MASSES[1]}
 pair_style eam/alloy
-pair_coeff * * {wheel_potential('AlCu.eam.alloy')} {' '.join(ELEMENTS)}
-compute pe all pe/atom
-velocity all create {2 * temperature} {seed} mom yes rot yes
-fix nvt all nvt temp {temperature} {temperature} 0.1
-timestep 0.002
-run 400
-dump d all custom {every} frames.dump id type x y z fx fy fz c_pe
-dump_modify d format float %.17g sort id
-run {frames * every - 1}
-"""
-    run_lammps(script, workdir)
-    return read_labelled_frames(os.path.join(workdir, "frames.dump"), np.eye(3) * 3 * lattice, ELEMENTS)
+pair_coeff * * {wheel_potential('AlCu.eam.alloy')} {' '.join(ELEMENTS)}"""
+    return nvt_frames(workdir, system, ELEMENTS, np.eye(3) * 3 * lattice, temperature, seed, frames, every)
 
 
 MODELS = {

