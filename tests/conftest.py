@@ -43,6 +43,23 @@ def alloy(cell_kind: str, seed: int = 0) -> Atoms:
     return atoms
 
 
+def emt_frames(n: int, seed: int, stress: bool = False):
+    """Rattled Al/Cu cells labelled by ASE's EMT (energy, forces and, when asked, stress), alternating
+    orthogonal and triclinic cells."""
+    from ase.calculators.emt import EMT
+
+    frames = []
+    for k in range(n):
+        atoms = alloy("orthogonal" if k % 2 else "triclinic", seed=seed + k)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        atoms.get_forces()
+        if stress:
+            atoms.get_stress()
+        frames.append(atoms)
+    return frames
+
+
 def make_checkpoint(path: str, dtype: str = "float64", seed: int = 0, kind: str = "allegro", hyper=None) -> str:
     """A random-weight checkpoint of the small test model of `kind`."""
     hyper = dict(hyper or (HYPER if kind == "allegro" else NEQUIP_HYPER))

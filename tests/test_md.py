@@ -1,12 +1,14 @@
 """Molecular dynamics through the pair styles: NVE conserves energy, NPT holds the target pressure.
 
-The random-weight test models are smooth, conservative potentials, which is all these checks need.
+The random-weight test models are smooth, conservative potentials, which is all these checks need. Some
+random Allegro draws have attractive wells that collapse atoms at 600 K (seed 2 does); the MD model is seed 1,
+whose dynamics stays bounded.
 """
 
 import numpy as np
 import pytest
 
-from conftest import TYPE_NAMES, alloy
+from conftest import TYPE_NAMES, alloy, make_checkpoint
 from vivace.lammps_run import read_thermo, run_lammps, write_data
 
 
@@ -37,13 +39,22 @@ def drift_per_atom_ps(thermo, num_atoms, timestep):
     return np.polyfit(thermo["Step"] * timestep, thermo["TotEng"], 1)[0] / num_atoms
 
 
+@pytest.fixture(scope="module")
+def md_model(tmp_path_factory, artifact):
+    from vivace.export import export
+
+    folder = tmp_path_factory.mktemp("md_model")
+    allegro = export(make_checkpoint(str(folder / "allegro.ckpt"), seed=1), str(folder / "allegro.pth"))
+    return {"allegro": allegro, "nequip": artifact("nequip")}
+
+
 @pytest.mark.parametrize("kind,timestep", [("allegro", 0.001), ("nequip", 0.0005)])
-def test_nve_conserves_energy(artifact, tmp_path, kind, timestep):
+def test_nve_conserves_energy(md_model, tmp_path, kind, timestep):
     """2000 steps from 600 K on 2 ranks, atoms crossing rank boundaries (with NequIP's ghost shells).
     The random NequIP model releases energy and heats the cell to ~1500 K, so it gets 0.5 fs steps
     (1 and 2 ranks give the same trajectory; with 1 fs its total energy wanders by 1e-3 eV/atom)."""
     steps = 2000
-    thermo = md(tmp_path, kind, artifact(kind), "nve", steps, 50, timestep)
+    thermo = md(tmp_path, kind, md_model[kind], "nve", steps, 50, timestep)
     n = len(alloy("orthogonal"))
     assert thermo["Step"][-1] == steps
     drift = drift_per_atom_ps(thermo, n, timestep)
@@ -54,15 +65,15 @@ def test_nve_conserves_energy(artifact, tmp_path, kind, timestep):
     assert np.ptp(thermo["PotEng"]) / n > 100 * spread
 
 
-def test_npt_holds_target_pressure(artifact, tmp_path):
-    """Starting near 100 kbar, fix npt at 20 kbar and 600 K: the box expands and, over the second half of
-    3000 steps, the mean pressure is within 10% of the target (measured: 20.1 kbar, std 3.2 kbar)."""
-    target = 20000.0
-    thermo = md(tmp_path, "allegro", artifact("allegro"), f"npt temp 600 600 0.1 iso {target} {target} 0.5",
+def test_npt_holds_target_pressure(md_model, tmp_path):
+    """Starting near 40 kbar, fix npt at 10 kbar and 600 K: the box expands and, over the second half of
+    3000 steps, the mean pressure is within 10% of the target (measured: 10.24 kbar, std 1.8 kbar)."""
+    target = 10000.0
+    thermo = md(tmp_path, "allegro", md_model["allegro"], f"npt temp 600 600 0.1 iso {target} {target} 0.5",
                 3000, 10)
     half = len(thermo["Step"]) // 2
-    assert thermo["Press"][0] > 4 * target
-    assert thermo["Volume"][-1] > 1.2 * thermo["Volume"][0]
+    assert thermo["Press"][0] > 3 * target
+    assert thermo["Volume"][-1] > 1.05 * thermo["Volume"][0]
     mean = thermo["Press"][half:].mean()
     print(f"NPT: mean pressure {mean:.0f} bar (target {target:.0f}), std {thermo['Press'][half:].std():.0f} bar")
     assert abs(mean - target) < 0.1 * target

@@ -16,7 +16,7 @@ from conftest import HYPER, NEQUIP_HYPER, R_MAX, SHIFTS, TYPE_NAMES, alloy
 from vivace.calculators import VivaceCalculator
 from vivace.data import collate, structures_from_frames
 from vivace.models import EdgeForceModel, build_model
-from vivace.training import predict
+from vivace.losses import predict
 
 MODELS = {"allegro": HYPER, "nequip": NEQUIP_HYPER}
 # Other corners of each model's options, checked for symmetry, gradients and locality in float64.
@@ -211,12 +211,13 @@ def test_batch_equals_each_structure_alone(kind, dtype):
     model, tol = make(kind, MODELS[kind], dtype), SYMMETRY_TOL[dtype]
     frames = [alloy("orthogonal", seed=8), alloy("triclinic", seed=9), Atoms("AlCuAl", positions=[[0, 0, 0], [2.4, 0, 0], [0, 2.5, 0.3]])]
     structures = structures_from_frames(frames, TYPE_NAMES, R_MAX)
-    energy, forces = predict(model, collate(structures))
+    together = predict(EdgeForceModel(model), collate(structures))
     offset = 0
     for k, s in enumerate(structures):
-        e_alone, f_alone = predict(model, collate([s]))
-        close(energy[k].item(), e_alone.item(), tol)
-        close(forces[offset : offset + s.num_atoms].detach(), f_alone.detach(), tol)
+        alone = predict(EdgeForceModel(model), collate([s]))
+        close(together.energy[k].item(), alone.energy.item(), tol)
+        close(together.forces[offset : offset + s.num_atoms].detach(), alone.forces.detach(), tol)
+        close(together.stress[k].detach(), alone.stress[0].detach(), tol)
         offset += s.num_atoms
 
 

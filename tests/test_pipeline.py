@@ -8,22 +8,10 @@ import sys
 
 import ase.io
 import numpy as np
-from ase.calculators.emt import EMT
 
-from conftest import alloy
+from conftest import alloy, emt_frames
 from vivace.calculators import VivaceCalculator
 from vivace.lammps_run import read_thermo, run_lammps, single_point, write_data
-
-
-def emt_frames(n, seed):
-    frames = []
-    for k in range(n):
-        atoms = alloy("orthogonal" if k % 2 else "triclinic", seed=seed + k)
-        atoms.calc = EMT()
-        atoms.get_potential_energy()
-        atoms.get_forces()
-        frames.append(atoms)
-    return frames
 
 
 def vivace(*args, cwd):

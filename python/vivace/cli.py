@@ -1,4 +1,4 @@
-"""The `vivace` command: train, export, info, demo."""
+"""The `vivace` command: train, evaluate, export, info, demo."""
 
 import argparse
 import sys
@@ -7,8 +7,19 @@ import sys
 def _train(args):
     from .training import train
 
-    run_dir = train(args.config)
+    if (args.config is None) == (args.resume is None):
+        raise ValueError("give either a config file or --resume RUN_DIR")
+    run_dir = train(args.config, resume=args.resume)
     print(f"vivace train: checkpoints in {run_dir}/best.ckpt and {run_dir}/last.ckpt")
+
+
+def _evaluate(args):
+    from .evaluation import evaluate
+
+    data = args.data if len(args.data) > 1 else args.data[0]
+    if args.format:
+        data = [{"path": d, "format": args.format} for d in args.data]
+    evaluate(args.model, data, out_dir=args.out, batch_size=args.batch_size)
 
 
 def _export(args):
@@ -37,9 +48,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="vivace", description="equivariant interatomic potentials for LAMMPS")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model from a YAML config")
-    p.add_argument("config")
+    p = sub.add_parser("train", help="train a model from a YAML config, or continue an interrupted run")
+    p.add_argument("config", nargs="?")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.ckpt")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="errors and parity plots of a checkpoint or artifact on a dataset")
+    p.add_argument("model", help="a .ckpt checkpoint or a .pt2/.pth artifact")
+    p.add_argument("data", nargs="+", help="labelled data: ASE-readable files, rMD17 npz, DeePMD folders")
+    p.add_argument("--format", choices=["ase", "rmd17", "npz", "deepmd"], help="data format (default: detected)")
+    p.add_argument("--out", help="folder for metrics.json and parity.png")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("export", help="export a checkpoint as a .pt2 (AOTInductor) or .pth (TorchScript) artifact")
     p.add_argument("checkpoint")

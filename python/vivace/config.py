@@ -1,7 +1,8 @@
-"""Training configuration: defaults, merging a user's YAML over them, and clear errors for mistakes."""
+"""Training configuration: the schema with its defaults, merging a user's YAML over it, clear errors."""
 
 import copy
-from typing import Any, Dict
+import os
+from typing import Any, Dict, Tuple
 
 import yaml
 
@@ -9,36 +10,87 @@ DEFAULTS: Dict[str, Any] = {
     "run_dir": "runs/vivace",
     "seed": 0,
     "units": "metal",
+    "device": "auto",  # auto (cuda when available) | cpu | cuda
     "data": {
-        "train": None,
-        "validation": None,
+        "train": None,  # path, {path, format, keys, units...} or a list of them (see vivace.data.formats)
+        "validation": None,  # the same, or null to split val_fraction off the training data
+        "test": None,  # evaluated with the best model at the end
         "val_fraction": 0.1,
+        "cache_dir": "~/.cache/vivace",  # processed graphs; null to rebuild every run
     },
     "model": {
         "kind": "allegro",
         "dtype": "float64",
-        "type_names": None,
+        "type_names": None,  # default: the elements of the data, by atomic number
         "neighbor_normalization": "global",  # or "per_type": 1/sqrt(avg neighbors of the center's type)
+        "isolated_atom_energies": None,  # {element: eV}; default: least-squares shifts on the training set
         # plus the hyperparameters of the chosen kind: see model_defaults()
     },
     "training": {
-        "max_epochs": 100,
-        "max_minutes": None,
+        "max_epochs": 1000,
+        "max_minutes": None,  # wall-time budget
         "batch_size": 4,
-        "learning_rate": 0.005,
-        "energy_weight": 1.0,
+        "loss": "mse",  # mse | huber
+        "huber_delta": 0.01,
+        "energy_weight": 1.0,  # on the energy error per atom
         "force_weight": 1.0,
+        "stress_weight": 1.0,  # on stress in energy/length^3; structures without stress don't count
+        "optimizer": "adam",  # adam | adamw
+        "learning_rate": 0.005,
+        "weight_decay": 0.0,
+        "scheduler": "plateau",  # plateau | cosine | none
         "lr_patience": 10,
         "lr_factor": 0.5,
+        "min_learning_rate": 1.0e-6,
+        "warmup_epochs": 0.0,  # linear warm-up, counted in optimizer steps
+        "ema_decay": 0.99,  # per step; null for none. Validation, best.ckpt and export use the averaged weights
+        "gradient_clip": 10.0,  # max gradient norm; null for none
+        "early_stopping_patience": 50,  # epochs without improvement; null for none
+        "monitor": "force_rmse",  # validation metric for best model, plateau and early stopping
         "threads": None,
+        "compile": False,  # torch.compile the model for validation passes
+        "init_from": None,  # fine-tuning: start from this checkpoint's model and weights
+        "tensorboard": True,
+        "plots": True,
     },
 }
 
+# Keys whose default is None, and the types they accept.
+NULLABLE_TYPES: Dict[str, Tuple[type, ...]] = {
+    "data.train": (str, dict, list),
+    "data.validation": (str, dict, list),
+    "data.test": (str, dict, list),
+    "data.cache_dir": (str,),
+    "model.type_names": (list,),
+    "model.isolated_atom_energies": (dict,),
+    "training.max_minutes": (int, float),
+    "training.ema_decay": (int, float),
+    "training.gradient_clip": (int, float),
+    "training.early_stopping_patience": (int,),
+    "training.threads": (int,),
+    "training.init_from": (str,),
+}
+CHOICES = {
+    "device": ("auto", "cpu", "cuda"),
+    "model.dtype": ("float32", "float64"),
+    "model.neighbor_normalization": ("global", "per_type"),
+    "training.loss": ("mse", "huber"),
+    "training.optimizer": ("adam", "adamw"),
+    "training.scheduler": ("plateau", "cosine", "none"),
+    "training.monitor": (
+        "energy_mae", "energy_rmse", "force_mae", "force_rmse", "stress_mae", "stress_rmse", "total_energy_mae", "loss"
+    ),
+}
+
 # Model keys that describe the run rather than the network's hyperparameters.
-MODEL_META_KEYS = ("kind", "dtype", "type_names", "neighbor_normalization")
+MODEL_META_KEYS = ("kind", "dtype", "type_names", "neighbor_normalization", "isolated_atom_energies")
 # Hyperparameters the trainer derives from the data (or the top-level config) rather than the user.
 DERIVED_KEYS = ("avg_num_neighbors", "energy_shift", "energy_scale", "units")
 DEFAULT_R_MAX = 5.0
+
+
+class ConfigError(ValueError):
+    pass
 
 
 def model_defaults(kind: str) -> Dict[str, Any]:
@@ -54,28 +106,56 @@ def model_defaults(kind: str) -> Dict[str, Any]:
     return {**DEFAULTS["model"], **hyper}
 
 
-class ConfigError(ValueError):
-    pass
+def _type_ok(value: Any, default: Any, key: str) -> bool:
+    if value is None:
+        return default is None or key in NULLABLE_TYPES
+    if default is None:
+        return key not in NULLABLE_TYPES or isinstance(value, NULLABLE_TYPES[key])
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
 
 
 def _merge(defaults: Dict[str, Any], user: Dict[str, Any], where: str) -> Dict[str, Any]:
     out = copy.deepcopy(defaults)
     for key, value in user.items():
+        name = f"{where}{key}"
         if key not in defaults:
-            raise ConfigError(f"unknown config key '{where}{key}' (known: {', '.join(defaults)})")
+            raise ConfigError(f"unknown config key '{name}' (known: {', '.join(defaults)})")
         if isinstance(defaults[key], dict):
             if not isinstance(value, dict):
-                raise ConfigError(f"config key '{where}{key}' must be a mapping")
-            out[key] = _merge(defaults[key], value, f"{where}{key}.")
-        else:
-            out[key] = value
+                raise ConfigError(f"config key '{name}' must be a mapping")
+            out[key] = _merge(defaults[key], value, f"{name}.")
+            continue
+        if not _type_ok(value, defaults[key], name):
+            wanted = NULLABLE_TYPES.get(name) or (type(defaults[key]),)
+            raise ConfigError(
+                f"config key '{name}' must be {' or '.join(t.__name__ for t in wanted)}, not {type(value).__name__} ({value!r})"
+            )
+        if name in CHOICES and value not in CHOICES[name]:
+            raise ConfigError(f"config key '{name}' must be one of {', '.join(CHOICES[name])}, not '{value}'")
+        out[key] = value
     return out
+
+
+def _source_paths(source):
+    items = source if isinstance(source, list) else [source]
+    for item in items:
+        path = item.get("path") if isinstance(item, dict) else item
+        if path is not None:
+            yield str(path)
 
 
 def load_config(source) -> Dict[str, Any]:
     """`source` is a path to a YAML file or a dict; returns the full config with defaults filled in."""
     if isinstance(source, dict):
-        user = source
+        user = copy.deepcopy(source)
     else:
         try:
             with open(source) as f:
@@ -86,17 +166,28 @@ def load_config(source) -> Dict[str, Any]:
             raise ConfigError(f"config file '{source}' is not valid YAML: {e}") from None
     if not isinstance(user, dict):
         raise ConfigError("the config must be a mapping of keys to values")
+    user.pop("derived", None)  # written back by a run; recomputed, never read
     model = user.get("model") or {}
     if not isinstance(model, dict):
         raise ConfigError("config key 'model' must be a mapping")
     defaults = {**DEFAULTS, "model": model_defaults(model.get("kind", DEFAULTS["model"]["kind"]))}
     config = _merge(defaults, user, "")
+    for key in ("device",):
+        if config[key] not in CHOICES[key]:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}")
     if not config["data"]["train"]:
         raise ConfigError("config key 'data.train' (path to the training structures) is required")
-    if config["model"]["dtype"] not in ("float32", "float64"):
-        raise ConfigError("config key 'model.dtype' must be float32 or float64")
-    if config["model"]["neighbor_normalization"] not in ("global", "per_type"):
-        raise ConfigError("config key 'model.neighbor_normalization' must be global or per_type")
+    for key in ("train", "validation", "test"):
+        for path in _source_paths(config["data"][key]):
+            if not os.path.exists(path):
+                raise ConfigError(f"config key 'data.{key}': data file '{path}' does not exist")
+    init_from = config["training"]["init_from"]
+    if init_from and not os.path.isfile(init_from):
+        raise ConfigError(f"config key 'training.init_from': checkpoint '{init_from}' does not exist")
+    if not 0.0 <= config["data"]["val_fraction"] < 1.0:
+        raise ConfigError("config key 'data.val_fraction' must be in [0, 1)")
+    if config["training"]["batch_size"] < 1:
+        raise ConfigError("config key 'training.batch_size' must be at least 1")
     return config
 
 

@@ -1,168 +1,350 @@
-"""Fit a model to energies and forces: loss, optimiser, validation, checkpoints."""
+"""The trainer: data and statistics, loss, optimiser and schedules, EMA, validation, logs, checkpoints,
+resuming, fine-tuning and data-parallel training (torchrun + DDP)."""
 
-import csv
 import math
 import os
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from . import statistics
-from .checkpoint import save_checkpoint
+from . import distributed, reporting, statistics
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import MODEL_META_KEYS, dump_config, load_config
-from .data import Batch, Structure, collate, read_frames, structures_from_frames, type_names_of
-from .models import EdgeForceModel, atom_forces, build_model
+from .data import Structure, collate, load_structures, type_names_of
+from .data.formats import read_data
+from .losses import ErrorSums, Loss, LossDenominators, evaluate_structures, predict
+from .models import EdgeForceModel, build_model
 from .models.common import cutoff_matrix
 
-
-def predict(model: torch.nn.Module, batch: Batch, create_graph: bool = False):
-    """Total energy per graph (B,) and atom forces (N, 3), through the artifact contract."""
-    edge_force_model = EdgeForceModel(model, create_graph=create_graph)
-    num_nodes = batch.positions.shape[0]
-    atomic_energy, edge_forces = edge_force_model(
-        batch.edge_vectors(), batch.edge_index, batch.atom_types, torch.tensor(num_nodes)
-    )
-    energy = torch.zeros(batch.num_graphs, dtype=torch.float64).index_add_(0, batch.graph_of_node, atomic_energy)
-    return energy, atom_forces(edge_forces, batch.edge_index, num_nodes)
+LAST, BEST = "last.ckpt", "best.ckpt"
 
 
-def loss_terms(model, batch: Batch, create_graph: bool):
-    energy, forces = predict(model, batch, create_graph=create_graph)
-    energy_error = (energy - batch.energy) / batch.num_atoms
-    force_error = forces - batch.forces
-    return energy_error, force_error
+def _split(count: int, fraction: float, seed: int):
+    order = np.random.default_rng(seed).permutation(count)
+    n_val = max(1, int(round(fraction * count))) if count > 1 and fraction > 0 else 0
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
-def evaluate(model, structures: Sequence[Structure], batch_size: int = 8) -> Dict[str, float]:
-    """Energy (per atom) and force errors in meV/atom and meV/length."""
-    e_err, f_err = [], []
-    for start in range(0, len(structures), batch_size):
-        batch = collate(structures[start : start + batch_size])
-        de, df = loss_terms(model, batch, create_graph=False)
-        e_err.append(de.detach())
-        f_err.append(df.detach().reshape(-1))
-    e, f = torch.cat(e_err), torch.cat(f_err)
-    return {
-        "energy_mae": 1000 * e.abs().mean().item(),
-        "energy_rmse": 1000 * e.pow(2).mean().sqrt().item(),
-        "force_mae": 1000 * f.abs().mean().item(),
-        "force_rmse": 1000 * f.pow(2).mean().sqrt().item(),
-    }
+def _resolve_device(name: str) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("config asks for device cuda, but this torch sees no CUDA device")
+        return torch.device("cuda", distributed.local_rank())
+    return torch.device("cpu")
 
 
-def _split(frames: List, fraction: float, rng: np.random.Generator):
-    order = rng.permutation(len(frames))
-    n_val = max(1, int(round(fraction * len(frames)))) if len(frames) > 1 else 0
-    return [frames[k] for k in order[n_val:]], [frames[k] for k in order[:n_val]]
-
-
-def train(config_source) -> str:
-    """Trains as the config says; returns the run directory (holding best.ckpt, last.ckpt, metrics.csv)."""
-    config = load_config(config_source)
-    tcfg, mcfg = config["training"], config["model"]
-    torch.manual_seed(config["seed"])
-    rng = np.random.default_rng(config["seed"])
-    if tcfg["threads"]:
-        torch.set_num_threads(int(tcfg["threads"]))
-
-    frames = read_frames(config["data"]["train"])
-    if config["data"]["validation"]:
-        train_frames, val_frames = frames, read_frames(config["data"]["validation"])
-    else:
-        train_frames, val_frames = _split(frames, config["data"]["val_fraction"], rng)
-    type_names = mcfg["type_names"] or type_names_of(train_frames + val_frames)
-    mcfg["type_names"] = list(type_names)
-    r_max = float(mcfg["r_max"])
-    train_set = structures_from_frames(train_frames, type_names, r_max)
-    val_set = structures_from_frames(val_frames, type_names, r_max)
-    for name, subset in (("training", train_set), ("validation", val_set)):
-        if any(s.energy is None or s.forces is None for s in subset):
-            raise ValueError(f"every {name} structure needs an energy and forces")
-
+def model_spec(config: Dict[str, Any], train_set: Sequence[Structure], type_names: List[str]) -> Dict[str, Any]:
+    """Kind, dtype, types and hyperparameters, with the normalisation taken from the training set."""
+    mcfg = config["model"]
     hyper = {k: v for k, v in mcfg.items() if k not in MODEL_META_KEYS}
     hyper["units"] = config["units"]
-    r_cut = cutoff_matrix(type_names, r_max, hyper.get("edge_type_cutoffs"))
+    r_cut = cutoff_matrix(type_names, float(mcfg["r_max"]), hyper.get("edge_type_cutoffs"))
     hyper["avg_num_neighbors"] = statistics.average_num_neighbors(
         train_set, len(type_names), mcfg["neighbor_normalization"] == "per_type", None if r_cut is None else r_cut.numpy()
     )
-    hyper["energy_shift"] = statistics.energy_shifts(train_set, len(type_names))
+    isolated = mcfg["isolated_atom_energies"]
+    if isolated:
+        missing = [t for t in type_names if t not in isolated]
+        if missing:
+            raise ValueError(f"model.isolated_atom_energies has no energy for {missing}")
+        hyper["energy_shift"] = [float(isolated[t]) for t in type_names]
+    else:
+        hyper["energy_shift"] = statistics.energy_shifts(train_set, len(type_names))
     hyper["energy_scale"] = [statistics.force_rms(train_set)] * len(type_names)
-    model = build_model(mcfg["kind"], hyper, type_names, mcfg["dtype"])
-    spec = {
-        "kind": mcfg["kind"],
-        "hyperparameters": hyper,
-        "type_names": list(type_names),
-        "dtype": mcfg["dtype"],
-        "units": config["units"],
-    }
+    return {"kind": mcfg["kind"], "hyperparameters": hyper, "type_names": list(type_names), "dtype": mcfg["dtype"], "units": config["units"]}
 
-    run_dir = config["run_dir"]
-    os.makedirs(run_dir, exist_ok=True)
-    dump_config(config, os.path.join(run_dir, "config.yaml"))
-    print(
-        f"vivace train: {len(train_set)} training / {len(val_set)} validation structures, types {type_names}, "
-        f"avg neighbors {np.round(hyper['avg_num_neighbors'], 2)}, "
-        f"{sum(p.numel() for p in model.parameters())} parameters",
-        flush=True,
-    )
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg["learning_rate"])
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=tcfg["lr_factor"], patience=tcfg["lr_patience"]
-    )
-    deadline = time.monotonic() + 60 * tcfg["max_minutes"] if tcfg["max_minutes"] else math.inf
-    best = math.inf
-    metrics_path = os.path.join(run_dir, "metrics.csv")
-    with open(metrics_path, "w", newline="") as f:
-        csv.writer(f).writerow(["epoch", "time_s", "lr", "train_loss", "val_energy_mae", "val_force_mae", "val_force_rmse"])
+class Trainer:
+    def __init__(self, config: Dict[str, Any], resume: bool = False):
+        self.config = config
+        tcfg = self.tcfg = config["training"]
+        self.run_dir = config["run_dir"]
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.device = _resolve_device(config["device"])
+        if tcfg["threads"]:
+            torch.set_num_threads(int(tcfg["threads"]))
+        torch.manual_seed(config["seed"])
 
-    start = time.monotonic()
-    for epoch in range(1, tcfg["max_epochs"] + 1):
-        model.train()
-        order = rng.permutation(len(train_set))
-        losses = []
-        for b in range(0, len(order), tcfg["batch_size"]):
-            batch = collate([train_set[k] for k in order[b : b + tcfg["batch_size"]]])
-            de, df = loss_terms(model, batch, create_graph=True)
-            loss = tcfg["energy_weight"] * de.pow(2).mean() + tcfg["force_weight"] * df.pow(2).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            if time.monotonic() > deadline:
-                break
+        last = load_checkpoint(os.path.join(self.run_dir, LAST)) if resume else None
+        init = load_checkpoint(tcfg["init_from"]) if (tcfg["init_from"] and not resume) else None
+        self._load_data(last or init)
+        if last is not None:
+            self.spec = last["model"]
+        elif init is not None:
+            self.spec = init["model"]
+        else:
+            self.spec = model_spec(config, self.train_set, self.type_names)
+        self.model = build_model(self.spec["kind"], self.spec["hyperparameters"], self.type_names, self.spec["dtype"])
+        if init is not None:
+            self.model.load_state_dict(init["state_dict"])
+        self.model.to(self.device)
 
-        model.eval()
-        metrics = evaluate(model, val_set) if val_set else evaluate(model, train_set)
-        scheduler.step(metrics["force_rmse"])
-        lr = optimizer.param_groups[0]["lr"]
-        elapsed = time.monotonic() - start
-        with open(metrics_path, "a", newline="") as f:
-            csv.writer(f).writerow(
-                [epoch, f"{elapsed:.1f}", lr, np.mean(losses), metrics["energy_mae"], metrics["force_mae"], metrics["force_rmse"]]
+        self.ema = None
+        if tcfg["ema_decay"]:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(float(tcfg["ema_decay"])))
+        self.train_module = EdgeForceModel(self.model, create_graph=True)
+        if self.world > 1:
+            self.train_module = DistributedDataParallel(self.train_module)
+        self.loss = Loss(tcfg["energy_weight"], tcfg["force_weight"], tcfg["stress_weight"], tcfg["loss"], tcfg["huber_delta"])
+        self._make_optimizer()
+        self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.best, self.best_epoch, self.bad_epochs = math.inf, 0, 0
+        self.rng = np.random.default_rng(config["seed"])
+        if last is not None:
+            self._restore(last["trainer"])
+        self.eval_model = self._make_eval_model()
+
+    def _load_data(self, checkpoint: Optional[Dict[str, Any]]) -> None:
+        cfg, dcfg = self.config, self.config["data"]
+        cache = os.path.expanduser(dcfg["cache_dir"]) if dcfg["cache_dir"] else None
+        if checkpoint is not None:
+            self.type_names = list(checkpoint["model"]["type_names"])
+            r_max = float(checkpoint["model"]["hyperparameters"]["r_max"])
+            cutoffs = checkpoint["model"]["hyperparameters"].get("edge_type_cutoffs")
+        else:
+            self.type_names = cfg["model"]["type_names"] or self._type_names_of_data()
+            r_max, cutoffs = float(cfg["model"]["r_max"]), cfg["model"].get("edge_type_cutoffs")
+        cfg["model"]["type_names"] = list(self.type_names)
+        r_cut = cutoff_matrix(self.type_names, r_max, cutoffs)
+        r_cut = None if r_cut is None else r_cut.numpy()
+
+        def load(source):
+            return load_structures(source, self.type_names, r_max, r_cut, cache) if source else []
+
+        everything = load(dcfg["train"])
+        if dcfg["validation"]:
+            self.train_set, self.val_set = everything, load(dcfg["validation"])
+        else:
+            train_idx, val_idx = _split(len(everything), dcfg["val_fraction"], cfg["seed"])
+            self.train_set, self.val_set = [everything[k] for k in train_idx], [everything[k] for k in val_idx]
+        self.test_set = load(dcfg["test"])
+        for name, subset in (("training", self.train_set), ("validation", self.val_set), ("test", self.test_set)):
+            if any(s.energy is None or s.forces is None for s in subset):
+                raise ValueError(f"every {name} structure needs an energy and forces")
+        if not self.train_set:
+            raise ValueError("no training structures")
+
+    def _type_names_of_data(self) -> List[str]:
+        d = self.config["data"]
+        return type_names_of([f for key in ("train", "validation", "test") if d[key] for f in read_data(d[key])])
+
+    def _make_optimizer(self) -> None:
+        t = self.tcfg
+        cls = torch.optim.AdamW if t["optimizer"] == "adamw" else torch.optim.Adam
+        self.optimizer = cls(self.model.parameters(), lr=t["learning_rate"], weight_decay=t["weight_decay"])
+        self.steps_per_epoch = math.ceil(len(self.train_set) / t["batch_size"])
+        self.warmup_steps = int(round(t["warmup_epochs"] * self.steps_per_epoch))
+        self.warmup = None
+        if self.warmup_steps > 0:
+            self.warmup = torch.optim.lr_scheduler.LinearLR(
+                self.optimizer, start_factor=1.0 / (self.warmup_steps + 1), total_iters=self.warmup_steps
             )
-        print(
-            f"epoch {epoch:4d}  {elapsed:7.1f}s  lr {lr:.2e}  loss {np.mean(losses):.4e}  "
-            f"val E MAE {metrics['energy_mae']:.2f} meV/atom  F MAE {metrics['force_mae']:.1f} "
-            f"RMSE {metrics['force_rmse']:.1f} meV/A",
-            flush=True,
-        )
-        payload: Dict[str, Any] = {
-            "model": spec,
-            "state_dict": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "epoch": epoch,
-            "metrics": metrics,
-            "config": config,
+        if t["scheduler"] == "plateau":
+            self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, factor=t["lr_factor"], patience=t["lr_patience"], min_lr=t["min_learning_rate"]
+            )
+        elif t["scheduler"] == "cosine":
+            # stepped once per epoch that ends after the warm-up
+            cosine_epochs = max(1, t["max_epochs"] - self.warmup_steps // self.steps_per_epoch)
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=cosine_epochs, eta_min=t["min_learning_rate"]
+            )
+        else:
+            self.scheduler = None
+
+    def _make_eval_model(self) -> torch.nn.Module:
+        model = self.ema.module if self.ema is not None else self.model
+        if self.tcfg["compile"]:
+            model = torch.compile(model, dynamic=True)
+        return EdgeForceModel(model)
+
+    # -- state -----------------------------------------------------------------------------------------
+    def _state(self) -> Dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "warmup": None if self.warmup is None else self.warmup.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
         }
-        save_checkpoint(os.path.join(run_dir, "last.ckpt"), payload)
-        if metrics["force_rmse"] < best:
-            best = metrics["force_rmse"]
-            save_checkpoint(os.path.join(run_dir, "best.ckpt"), payload)
-        if time.monotonic() > deadline:
-            print(f"vivace train: time budget of {tcfg['max_minutes']} min reached", flush=True)
-            break
-    return run_dir
+
+    def _restore(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.warmup is not None and state["warmup"] is not None:
+            self.warmup.load_state_dict(state["warmup"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for key in ("epoch", "step", "elapsed", "best", "best_epoch", "bad_epochs"):
+            setattr(self, key, state[key])
+        self.rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def _save(self, metrics: Dict[str, float], best: bool) -> None:
+        if self.rank != 0:
+            return
+        weights = (self.ema.module if self.ema is not None else self.model).state_dict()
+        payload = {"model": self.spec, "state_dict": weights, "epoch": self.epoch, "metrics": metrics, "config": self.config}
+        save_checkpoint(os.path.join(self.run_dir, LAST), {**payload, "trainer": self._state()})
+        if best:
+            save_checkpoint(os.path.join(self.run_dir, BEST), payload)
+
+    # -- one epoch -------------------------------------------------------------------------------------
+    def _train_epoch(self, deadline: float) -> float:
+        from tqdm import tqdm
+
+        self.model.train()
+        B = self.tcfg["batch_size"]
+        order = self.rng.permutation(len(self.train_set))
+        loss_sum, steps = torch.zeros((), dtype=torch.float64), 0
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}", leave=False, disable=None if self.rank == 0 else True)
+        for start in range(0, len(order), B):
+            global_batch = [self.train_set[k] for k in order[start : start + B]]
+            mine = global_batch[self.rank :: self.world]
+            scale = float(self.world)  # DDP averages gradients over processes; the loss is a global sum
+            if not mine:  # fewer structures than processes: run one with zero weight to keep DDP in step
+                mine, scale = global_batch[:1], 0.0
+            batch = collate(mine).to(self.device)
+            loss = self.loss(predict(self.train_module, batch), batch, LossDenominators.of(global_batch))
+            self.optimizer.zero_grad(set_to_none=True)
+            (scale * loss).backward()
+            if self.tcfg["gradient_clip"]:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tcfg["gradient_clip"]))
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            self.step += 1
+            if self.warmup is not None and self.step <= self.warmup_steps:
+                self.warmup.step()
+            loss_sum += (scale / self.world) * loss.detach().cpu()
+            steps += 1
+            bar.update()
+            if distributed.any_true(time.monotonic() > deadline):
+                break
+        bar.close()
+        return float(distributed.sum_tensor(loss_sum)) / max(steps, 1)
+
+    def _validate(self) -> Dict[str, float]:
+        subset = self.val_set if self.val_set else self.train_set
+        sums = evaluate_structures(self.eval_model, subset[self.rank :: self.world], device=self.device)
+        sums.sums = distributed.sum_tensor(sums.sums)
+        return sums.metrics()
+
+    def _monitored(self, metrics: Dict[str, float], train_loss: float) -> float:
+        key = self.tcfg["monitor"]
+        value = train_loss if key == "loss" else metrics[key]
+        return value if not math.isnan(value) else metrics["force_rmse"]
+
+    # -- the loop --------------------------------------------------------------------------------------
+    def fit(self) -> str:
+        t, cfg = self.tcfg, self.config
+        resume_epoch = self.epoch
+        if self.rank == 0:
+            os.makedirs(self.run_dir, exist_ok=True)
+            dump_config({**cfg, "derived": self._derived()}, os.path.join(self.run_dir, "config.yaml"))
+            log = reporting.MetricsLog(self.run_dir, t["tensorboard"], resume_epoch)
+            what = f"resuming after epoch {resume_epoch}" if resume_epoch else "starting"
+            print(
+                f"vivace train: {what}; {len(self.train_set)} training / {len(self.val_set)} validation structures, "
+                f"types {self.type_names}, {sum(p.numel() for p in self.model.parameters())} parameters, "
+                f"{self.world} process(es) on {self.device}",
+                flush=True,
+            )
+        budget = 60 * t["max_minutes"] if t["max_minutes"] else math.inf
+        started = time.monotonic() - self.elapsed
+        deadline = started + budget
+        stop_reason = "max_epochs reached"
+        while self.epoch < t["max_epochs"]:
+            train_loss = self._train_epoch(deadline)
+            self.epoch += 1
+            metrics = self._validate()
+            monitored = self._monitored(metrics, train_loss)
+            if self.step > self.warmup_steps:
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(monitored)
+                elif self.scheduler is not None:
+                    self.scheduler.step()
+            improved = monitored < self.best
+            if improved:
+                self.best, self.best_epoch, self.bad_epochs = monitored, self.epoch, 0
+            else:
+                self.bad_epochs += 1
+            self.elapsed = time.monotonic() - started
+            row = {"epoch": self.epoch, "time_s": self.elapsed, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss, **metrics}
+            self._save(metrics, improved)
+            if self.rank == 0:
+                log.write(row)
+                print(reporting.console_line(row), flush=True)
+            if t["early_stopping_patience"] and self.bad_epochs >= t["early_stopping_patience"]:
+                stop_reason = f"no improvement of validation {t['monitor']} for {self.bad_epochs} epochs"
+                break
+            if distributed.any_true(time.monotonic() > deadline):
+                stop_reason = f"time budget of {t['max_minutes']} min reached"
+                break
+        if self.rank == 0:
+            log.close()
+            print(f"vivace train: stopped after epoch {self.epoch}: {stop_reason}; best epoch {self.best_epoch}", flush=True)
+            self._finish()
+        return self.run_dir
+
+    def _derived(self) -> Dict[str, Any]:
+        h = self.spec["hyperparameters"]
+        return {
+            "type_names": list(self.type_names),
+            "avg_num_neighbors": h["avg_num_neighbors"],
+            "energy_shift": list(h["energy_shift"]),
+            "energy_scale": list(h["energy_scale"]),
+            "num_train": len(self.train_set),
+            "num_validation": len(self.val_set),
+            "num_test": len(self.test_set),
+            "steps_per_epoch": self.steps_per_epoch,
+            "processes": self.world,
+            "device": str(self.device),
+            "torch": str(torch.__version__),
+        }
+
+    def _finish(self) -> None:
+        """Plots, and the test set's metrics with the best model."""
+        from .evaluation import evaluate_checkpoint
+
+        best = os.path.join(self.run_dir, BEST)
+        if self.tcfg["plots"]:
+            reporting.learning_curve(os.path.join(self.run_dir, "metrics.csv"), os.path.join(self.run_dir, "learning_curve.png"))
+        if not os.path.isfile(best):
+            return
+        for name, subset in (("validation", self.val_set), ("test", self.test_set)):
+            if subset:
+                plot = os.path.join(self.run_dir, f"parity_{name}.png") if self.tcfg["plots"] else None
+                metrics = evaluate_checkpoint(best, subset, plot=plot, title=f"best model, {name} set")
+                print(reporting.metrics_table(metrics, f"vivace train: best model (epoch {self.best_epoch}) on the {name} set"), flush=True)
+
+
+def train(config_source, resume: Optional[str] = None) -> str:
+    """Trains as the config says (or continues RUN_DIR with resume=RUN_DIR); returns the run directory."""
+    distributed.init()
+    try:
+        if resume:
+            path = os.path.join(resume, "config.yaml")
+            if not os.path.isfile(os.path.join(resume, LAST)):
+                raise FileNotFoundError(f"cannot resume: '{resume}' has no {LAST}")
+            config = load_config(path)
+            config["run_dir"] = resume
+        else:
+            config = load_config(config_source)
+        return Trainer(config, resume=bool(resume)).fit()
+    finally:
+        distributed.finish()

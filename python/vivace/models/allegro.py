@@ -46,6 +46,7 @@ class AllegroLayer(nn.Module):
         irreps_out: o3.Irreps,
         latent_hidden: List[int],
         latent_update: str,
+        last: bool,
     ):
         super().__init__()
         self.env_weights = IrrepWeights(num_scalar, irreps_sh, channels)
@@ -54,7 +55,8 @@ class AllegroLayer(nn.Module):
         self.irreps_out = irreps_out
         assert scalar_components(irreps_out) == [0], "the 0e scalars lead the irreps"
         self.latent_mlp = MLP([num_latent_inputs * num_scalar + channels] + latent_hidden + [num_scalar])
-        self.tensor_weights = IrrepWeights(num_scalar, irreps_out, channels)
+        # the last layer's tensor features feed nothing
+        self.tensor_weights = None if last else IrrepWeights(num_scalar, irreps_out, channels)
         self.residual = latent_update == "residual"
         self.update_ratio = nn.Parameter(torch.ones(())) if self.residual else None
 
@@ -80,6 +82,8 @@ class AllegroLayer(nn.Module):
         if self.update_ratio is not None:
             c = self.update_ratio
             update = (current + c * update) * torch.rsqrt(1.0 + c * c)
+        if self.tensor_weights is None:
+            return update, product
         return update, product * self.tensor_weights(update)
 
 
@@ -157,6 +161,7 @@ class Allegro(nn.Module):
                 wanted[k],
                 latent_hidden,
                 latent_update,
+                last=k == num_layers - 1,
             )
             layers.append(layer)
             irreps = layer.irreps_out
