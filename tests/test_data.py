@@ -119,6 +119,11 @@ def test_deepmd_folder(tmp_path):
     read = read_data(str(tmp_path / "sys"))
     check_labels(read, frames, tol=1e-10)
     assert all(r.pbc.all() for r in read)
+    # a folder of systems, each with its own composition and type order
+    write_deepmd(tmp_path / "many" / "a", frames[:2], ["Al", "Cu"])
+    other = emt_frames(1, seed=60, stress=True)
+    write_deepmd(tmp_path / "many" / "b", other, ["Cu", "Al"])
+    check_labels(read_data(str(tmp_path / "many")), frames[:2] + other, tol=1e-10)
     os.remove(tmp_path / "sys" / "type_map.raw")
     with pytest.raises(ValueError, match="type_map"):
         read_data(str(tmp_path / "sys"))

@@ -239,3 +239,28 @@ def test_ddp_two_processes_equal_one(tmp_path, data):
         assert "2 process(es)" in proc.stdout
         one, two = (read_metrics(str(tmp_path / f"{n}{batch_size}" / "metrics.csv")) for n in ("one", "two"))
         same_rows(one, two, rel=1e-10)
+
+
+def test_gradient_clipping_and_isolated_atom_energies(tmp_path, data):
+    """Every optimizer step sees a gradient norm within `gradient_clip`; given isolated-atom energies become
+    the per-species shifts instead of the least-squares fit, and a missing element is named."""
+    from vivace.training import Trainer
+
+    cfg = config(tmp_path, data, gradient_clip=1e-3)
+    cfg["model"]["isolated_atom_energies"] = {"Al": -0.5, "Cu": -0.25}
+    trainer = Trainer(load_config(cfg))
+    assert trainer.spec["hyperparameters"]["energy_shift"] == [-0.5, -0.25]
+    norms, step = [], trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        grads = [p.grad.norm() for p in trainer.model.parameters() if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack(grads)).item())
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer._train_epoch(math.inf)
+    assert len(norms) == 3 and max(norms) <= 1e-3 * (1 + 1e-9)
+
+    cfg["model"]["isolated_atom_energies"] = {"Al": -0.5}
+    with pytest.raises(ValueError, match=r"no energy for \['Cu'\]"):
+        Trainer(load_config(cfg))

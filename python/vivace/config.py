@@ -172,9 +172,6 @@ def load_config(source) -> Dict[str, Any]:
         raise ConfigError("config key 'model' must be a mapping")
     defaults = {**DEFAULTS, "model": model_defaults(model.get("kind", DEFAULTS["model"]["kind"]))}
     config = _merge(defaults, user, "")
-    for key in ("device",):
-        if config[key] not in CHOICES[key]:
-            raise ConfigError(f"config key '{key}' must be one of {', '.join(CHOICES[key])}")
     if not config["data"]["train"]:
         raise ConfigError("config key 'data.train' (path to the training structures) is required")
     for key in ("train", "validation", "test"):

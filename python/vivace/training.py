@@ -159,7 +159,7 @@ class Trainer:
     def _make_eval_model(self) -> torch.nn.Module:
         model = self.ema.module if self.ema is not None else self.model
         if self.tcfg["compile"]:
-            model = torch.compile(model, dynamic=True)
+            model = torch.compile(model)
         return EdgeForceModel(model)
 
     # -- state -----------------------------------------------------------------------------------------
@@ -258,6 +258,8 @@ class Trainer:
             dump_config({**cfg, "derived": self._derived()}, os.path.join(self.run_dir, "config.yaml"))
             log = reporting.MetricsLog(self.run_dir, t["tensorboard"], resume_epoch)
             what = f"resuming after epoch {resume_epoch}" if resume_epoch else "starting"
+            if t["init_from"] and not resume_epoch:
+                what += f" from {t['init_from']} (its model, types and normalisation; the model section is not used)"
             print(
                 f"vivace train: {what}; {len(self.train_set)} training / {len(self.val_set)} validation structures, "
                 f"types {self.type_names}, {sum(p.numel() for p in self.model.parameters())} parameters, "
