@@ -14,7 +14,14 @@ from e3nn import o3
 from torch import nn
 
 from ..nn import MLP, ChannelwiseTensorProduct, Linear, scatter_sum
-from ..nn.tensor_product import exporting, irreps_of, neighbor_slots, scalar_components, spread_over_components
+from ..nn.tensor_product import (
+    component_index,
+    exporting,
+    irreps_of,
+    neighbor_slots,
+    scalar_components,
+    spread_over_components,
+)
 from .common import CutoffSpec, EdgeGeometry, EnergyHead, per_type
 
 LATENT_UPDATES = ("concat", "residual")
@@ -28,11 +35,12 @@ class IrrepWeights(nn.Module):
         super().__init__()
         self.linear = Linear(num_scalar, len(irreps) * channels)
         self.dims: List[int] = [ir.dim for _, ir in irreps]
+        self.register_buffer("components", component_index(self.dims), persistent=False)
         self.channels = channels
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         w = self.linear(latents).view(latents.shape[0], len(self.dims), self.channels)
-        return spread_over_components(w, self.dims)
+        return spread_over_components(w, self.components)
 
 
 class AllegroLayer(nn.Module):

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..nn import MLP, gather, scatter_sum
 from ..nn.gate import Gate
-from ..nn.tensor_product import SparseContraction, spread_over_components
+from ..nn.tensor_product import SparseContraction, component_index, spread_over_components
 from .common import CutoffSpec, EdgeGeometry, EnergyHead, per_type
 
 
@@ -71,6 +71,7 @@ class Convolution(nn.Module):
         self.irreps_in_dims: List[int] = [ir.dim for _, ir in irreps_in]
         self.irreps_out = o3.Irreps(irreps_mid)
         self.mid_dims: List[int] = [ir.dim for _, ir in self.irreps_out]
+        self.register_buffer("components", component_index(self.mid_dims), persistent=False)
         dim_x, dim_sh = sum(self.irreps_in_dims), irreps_sh.dim
         self.contraction = SparseContraction(entries, (offset, dim_x, dim_sh))
         cg = torch.tensor(values, dtype=torch.get_default_dtype())
@@ -83,7 +84,7 @@ class Convolution(nn.Module):
         x = gather(channels_last(x, self.irreps_in_dims, self.channels), edge_index[1])  # (E, dim_x, C)
         mid = self.contraction(x, sh.unsqueeze(-1), self.cg)
         w = self.radial(radial_basis).view(num_edges, len(self.mid_dims), self.channels)
-        messages = scatter_sum(mid * spread_over_components(w, self.mid_dims), edge_index[0], norm.shape[0]) * norm.unsqueeze(-1)
+        messages = scatter_sum(mid * spread_over_components(w, self.components), edge_index[0], norm.shape[0]) * norm.unsqueeze(-1)
         return channels_first(messages, self.mid_dims)
 
 

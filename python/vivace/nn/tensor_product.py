@@ -31,10 +31,17 @@ def irreps_of(l_max: int, parity: bool) -> o3.Irreps:
     return o3.Irreps.spherical_harmonics(l_max)
 
 
-def spread_over_components(w: torch.Tensor, dims: List[int]) -> torch.Tensor:
-    """(rows, irreps, C) -> (rows, sum of dims, C): each irrep's value repeated over its components."""
-    blocks = torch.split(w, 1, dim=1)  # split, not slicing: its gradient is one cat, not a zero tensor per slice
-    return torch.cat([b.expand(-1, d, -1) for b, d in zip(blocks, dims)], dim=1)
+def component_index(dims: List[int]) -> torch.Tensor:
+    """For each component of irreps of dimensions `dims`, the index of its irrep: [0, 1, 1, 1, 2, ...]."""
+    return torch.repeat_interleave(torch.arange(len(dims)), torch.tensor(dims, dtype=torch.long))
+
+
+def spread_over_components(w: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """(rows, irreps, C) -> (rows, sum of dims, C): each irrep's value repeated over its components, with
+    `index` from component_index. One index_select: its gradients to any order stay the size of w or of the
+    output (a cat of expanded blocks would, in the double backward of training, zero-fill one output-sized
+    tensor per irrep)."""
+    return w.index_select(1, index)
 
 
 def scalar_components(irreps: o3.Irreps) -> List[int]:
