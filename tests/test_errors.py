@@ -99,9 +99,9 @@ def test_config_errors(tmp_path):
 
 
 def test_malformed_data_file(tmp_path):
-    from vivace.data import read_frames
+    from vivace.data import read_data
 
     bad = tmp_path / "bad.xyz"
     bad.write_text("3\nnot an extxyz comment\nCu 0 0\n")
     with pytest.raises(ValueError, match="cannot read"):
-        read_frames(str(bad))
+        read_data(str(bad))

@@ -89,6 +89,16 @@ def test_outputs_and_written_back_config(tmp_path, data, capsys):
     assert again == load_config(config(tmp_path, data, max_epochs=2, plots=True, tensorboard=True)) | {"model": again["model"]}
 
 
+def test_second_run_reads_the_cache_only(tmp_path, data, monkeypatch):
+    """A second run on the same files (type names not given, so found from the data) parses nothing."""
+    import vivace.data.dataset as dataset
+
+    train(config(tmp_path, data, run="first", max_epochs=1))
+    monkeypatch.setattr(dataset, "read_data", lambda source: pytest.fail("parsed a data file again"))
+    run = train(config(tmp_path, data, run="second", max_epochs=1))
+    assert yaml.safe_load(open(os.path.join(run, "config.yaml")))["model"]["type_names"] == TYPE_NAMES
+
+
 def test_warmup_then_cosine(tmp_path, data):
     """Linear warm-up over 1.5 epochs of optimizer steps, then cosine to the minimum at the last epoch."""
     base, low, epochs = 0.01, 1e-4, 5

@@ -4,7 +4,7 @@ Sign conventions: F = -dE/dx; stress sigma = (1/V) sum_edges r_ij (x) g_ij = -W/
 """
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -110,18 +110,23 @@ class ErrorSums:
         return out
 
 
-def evaluate_structures(
-    edge_force_model: torch.nn.Module,
-    structures: Sequence[Structure],
-    batch_size: int = 8,
-    device: Optional[torch.device] = None,
-    sums: Optional[ErrorSums] = None,
-) -> ErrorSums:
-    """Error sums of a model (an EdgeForceModel) over labelled structures."""
+def predictions(
+    edge_force_model, structures: Sequence[Structure], batch_size: int = 8, device: Optional[torch.device] = None
+) -> Iterator[Tuple[Prediction, Batch]]:
+    """(detached prediction, batch) for consecutive batches of structures."""
     from .data import collate
 
-    sums = sums or ErrorSums(device)
     for start in range(0, len(structures), batch_size):
         batch = collate(structures[start : start + batch_size]).to(device or "cpu")
-        sums.add(predict(edge_force_model, batch), batch)
+        pred = predict(edge_force_model, batch)
+        yield Prediction(pred.energy.detach(), pred.forces.detach(), pred.stress.detach()), batch
+
+
+def evaluate_structures(
+    edge_force_model, structures: Sequence[Structure], batch_size: int = 8, device: Optional[torch.device] = None
+) -> ErrorSums:
+    """Error sums of a model (an EdgeForceModel, or any callable with its signature) over labelled structures."""
+    sums = ErrorSums(device)
+    for pred, batch in predictions(edge_force_model, structures, batch_size, device):
+        sums.add(pred, batch)
     return sums

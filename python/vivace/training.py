@@ -8,14 +8,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from ase.data import atomic_numbers
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from . import distributed, reporting, statistics
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import MODEL_META_KEYS, dump_config, load_config
-from .data import Structure, collate, load_structures, type_names_of
-from .data.formats import read_data
+from .data import Structure, collate, load_graphs
 from .losses import ErrorSums, Loss, LossDenominators, evaluate_structures, predict
 from .models import EdgeForceModel, build_model
 from .models.common import cutoff_matrix
@@ -101,36 +101,33 @@ class Trainer:
     def _load_data(self, checkpoint: Optional[Dict[str, Any]]) -> None:
         cfg, dcfg = self.config, self.config["data"]
         cache = os.path.expanduser(dcfg["cache_dir"]) if dcfg["cache_dir"] else None
+        hyper = checkpoint["model"]["hyperparameters"] if checkpoint is not None else cfg["model"]
+        r_max, cutoffs = float(hyper["r_max"]), hyper.get("edge_type_cutoffs")
+        graphs = {key: load_graphs(dcfg[key], r_max, cache) for key in ("train", "validation", "test") if dcfg[key]}
         if checkpoint is not None:
             self.type_names = list(checkpoint["model"]["type_names"])
-            r_max = float(checkpoint["model"]["hyperparameters"]["r_max"])
-            cutoffs = checkpoint["model"]["hyperparameters"].get("edge_type_cutoffs")
         else:
-            self.type_names = cfg["model"]["type_names"] or self._type_names_of_data()
-            r_max, cutoffs = float(cfg["model"]["r_max"]), cfg["model"].get("edge_type_cutoffs")
+            present = {e for g in graphs.values() for e in g.elements()}
+            self.type_names = cfg["model"]["type_names"] or sorted(present, key=lambda e: atomic_numbers[e])
         cfg["model"]["type_names"] = list(self.type_names)
         r_cut = cutoff_matrix(self.type_names, r_max, cutoffs)
         r_cut = None if r_cut is None else r_cut.numpy()
 
-        def load(source):
-            return load_structures(source, self.type_names, r_max, r_cut, cache) if source else []
+        def typed(key):
+            return graphs[key].structures(self.type_names, r_cut) if key in graphs else []
 
-        everything = load(dcfg["train"])
+        everything = typed("train")
         if dcfg["validation"]:
-            self.train_set, self.val_set = everything, load(dcfg["validation"])
+            self.train_set, self.val_set = everything, typed("validation")
         else:
             train_idx, val_idx = _split(len(everything), dcfg["val_fraction"], cfg["seed"])
             self.train_set, self.val_set = [everything[k] for k in train_idx], [everything[k] for k in val_idx]
-        self.test_set = load(dcfg["test"])
+        self.test_set = typed("test")
         for name, subset in (("training", self.train_set), ("validation", self.val_set), ("test", self.test_set)):
             if any(s.energy is None or s.forces is None for s in subset):
                 raise ValueError(f"every {name} structure needs an energy and forces")
         if not self.train_set:
             raise ValueError("no training structures")
-
-    def _type_names_of_data(self) -> List[str]:
-        d = self.config["data"]
-        return type_names_of([f for key in ("train", "validation", "test") if d[key] for f in read_data(d[key])])
 
     def _make_optimizer(self) -> None:
         t = self.tcfg

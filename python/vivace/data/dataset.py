@@ -10,12 +10,12 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import torch
 from ase import Atoms
-from ase.data import atomic_numbers
+from ase.data import atomic_numbers, chemical_symbols
 
 from .formats import Frame, read_data, sources
 from .graph import neighbor_graph
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -70,11 +70,6 @@ class Batch:
         return Batch(**moved)
 
 
-def read_frames(source) -> List[Frame]:
-    """Labelled frames of a data source: a path, a mapping with format options, or a list (see formats.py)."""
-    return read_data(source)
-
-
 def type_names_of(frames: Sequence[Union[Frame, Atoms]]) -> List[str]:
     """Elements present in the frames, ordered by atomic number."""
     symbols = set()
@@ -83,94 +78,127 @@ def type_names_of(frames: Sequence[Union[Frame, Atoms]]) -> List[str]:
     return sorted(symbols, key=lambda s: atomic_numbers[s])
 
 
+class Graphs:
+    """Neighbor graphs of many structures within r_max, packed into flat arrays (what the cache stores).
+
+    Atoms carry their atomic numbers; `structures` maps them to a model's types and applies its per-edge-type
+    cutoffs, so one cache entry serves any type list and cutoffs up to r_max.
+    """
+
+    FIELDS = ("num_atoms", "num_edges", "positions", "numbers", "cell", "pbc", "edge_index", "shifts",
+              "energy", "forces", "stress", "weight")  # fmt: skip
+
+    def __init__(self, arrays: dict):
+        self.arrays = {k: arrays[k] for k in self.FIELDS}
+
+    @classmethod
+    def of_frames(cls, frames: Sequence[Union[Frame, Atoms]], r_max: float) -> "Graphs":
+        frames = [Frame.from_atoms(f) if isinstance(f, Atoms) else f for f in frames]
+        graphs = [neighbor_graph(f.positions, f.cell, f.pbc, r_max) for f in frames]
+        nan33 = np.full((3, 3), np.nan)
+        return cls(
+            {
+                "num_atoms": np.array([len(f.symbols) for f in frames], dtype=np.int64),
+                "num_edges": np.array([g[0].shape[1] for g in graphs], dtype=np.int64),
+                "positions": np.concatenate([np.asarray(f.positions, dtype=np.float64) for f in frames]),
+                "numbers": np.concatenate([[atomic_numbers[s] for s in f.symbols] for f in frames]).astype(np.int64),
+                "cell": np.stack([np.asarray(f.cell, dtype=np.float64) for f in frames]),
+                "pbc": np.stack([np.asarray(f.pbc, dtype=bool) for f in frames]),
+                "edge_index": np.concatenate([g[0] for g in graphs], axis=1),
+                "shifts": np.concatenate([g[1] for g in graphs]),
+                "energy": np.array([np.nan if f.energy is None else f.energy for f in frames]),
+                "forces": np.concatenate(
+                    [np.full((len(f.symbols), 3), np.nan) if f.forces is None else f.forces for f in frames]
+                ),
+                "stress": np.stack([nan33 if f.stress is None else f.stress for f in frames]),
+                "weight": np.array([f.weight for f in frames], dtype=np.float64),
+            }
+        )
+
+    def elements(self) -> List[str]:
+        """The elements present, by atomic number."""
+        return [chemical_symbols[z] for z in np.unique(self.arrays["numbers"])]
+
+    def structures(self, type_names: Sequence[str], r_cut: Optional[np.ndarray] = None) -> List[Structure]:
+        """One Structure per graph, atoms typed by `type_names`; with r_cut, the (T, T) per-edge-type
+        cutoffs, edges beyond their pair's cutoff are left out (the model gives them zero weight anyway)."""
+        a = self.arrays
+        lookup = np.full(max(atomic_numbers.values()) + 1, -1, dtype=np.int64)
+        for k, name in enumerate(type_names):
+            lookup[atomic_numbers[name]] = k
+        types = lookup[a["numbers"]]
+        atom_start = np.cumsum(a["num_atoms"]) - a["num_atoms"]
+        if (types < 0).any():
+            n = int(np.searchsorted(atom_start, np.argmax(types < 0), side="right")) - 1
+            at = slice(atom_start[n], atom_start[n] + a["num_atoms"][n])
+            unknown = sorted({chemical_symbols[z] for z, t in zip(a["numbers"][at], types[at]) if t < 0})
+            raise ValueError(f"structure {n} contains element(s) {unknown} unknown to the model ({list(type_names)})")
+        edge_index, shifts, num_edges = a["edge_index"], a["shifts"], a["num_edges"]
+        if r_cut is not None:
+            graph_of_edge = np.repeat(np.arange(len(num_edges)), num_edges)
+            src, dst = edge_index + atom_start[graph_of_edge]
+            vectors = a["positions"][dst] - a["positions"][src] + shifts
+            keep = np.linalg.norm(vectors, axis=1) < r_cut[types[src], types[dst]]
+            edge_index, shifts = edge_index[:, keep], shifts[keep]
+            num_edges = np.bincount(graph_of_edge[keep], minlength=len(num_edges))
+        atom_end, edge_end = np.cumsum(a["num_atoms"]), np.cumsum(num_edges)
+        out = []
+        for k in range(len(atom_end)):
+            at = slice(atom_end[k] - a["num_atoms"][k], atom_end[k])
+            ed = slice(edge_end[k] - num_edges[k], edge_end[k])
+            forces, stress, energy = a["forces"][at], a["stress"][k], a["energy"][k]
+            out.append(
+                Structure(
+                    positions=a["positions"][at],
+                    atom_types=types[at],
+                    cell=a["cell"][k],
+                    pbc=a["pbc"][k],
+                    edge_index=edge_index[:, ed],
+                    shifts=shifts[ed],
+                    energy=None if np.isnan(energy) else float(energy),
+                    forces=None if np.isnan(forces).any() else forces,
+                    stress=None if np.isnan(stress).any() else stress,
+                    weight=float(a["weight"][k]),
+                )
+            )
+        return out
+
+
 def structures_from_frames(
     frames: Sequence[Union[Frame, Atoms]], type_names: Sequence[str], r_max: float, r_cut: Optional[np.ndarray] = None
 ) -> List[Structure]:
-    """Neighbor graphs of the frames; with r_cut, the (T, T) per-edge-type cutoffs, edges beyond their pair's
-    cutoff are left out (the model gives them zero weight anyway)."""
-    index = {name: k for k, name in enumerate(type_names)}
-    out = []
-    for n, frame in enumerate(frames):
-        frame = Frame.from_atoms(frame) if isinstance(frame, Atoms) else frame
-        unknown = sorted(set(frame.symbols) - set(index))
-        if unknown:
-            raise ValueError(f"structure {n} contains element(s) {unknown} unknown to the model ({list(type_names)})")
-        types = np.array([index[s] for s in frame.symbols], dtype=np.int64)
-        edge_index, shifts = neighbor_graph(frame.positions, frame.cell, frame.pbc, r_max)
-        if r_cut is not None:
-            vectors = frame.positions[edge_index[1]] - frame.positions[edge_index[0]] + shifts
-            keep = np.linalg.norm(vectors, axis=1) < r_cut[types[edge_index[0]], types[edge_index[1]]]
-            edge_index, shifts = edge_index[:, keep], shifts[keep]
-        out.append(
-            Structure(
-                positions=np.asarray(frame.positions, dtype=np.float64),
-                atom_types=types,
-                cell=np.asarray(frame.cell, dtype=np.float64),
-                pbc=np.asarray(frame.pbc, dtype=bool),
-                edge_index=edge_index,
-                shifts=shifts,
-                energy=frame.energy,
-                forces=frame.forces,
-                stress=frame.stress,
-                weight=frame.weight,
-            )
-        )
-    return out
+    """Neighbor graphs of the frames, typed by `type_names`, cut by the per-edge-type cutoffs r_cut if given."""
+    return Graphs.of_frames(frames, r_max).structures(type_names, r_cut)
 
 
-def _pack(structures: Sequence[Structure]) -> dict:
-    nan33 = np.full((3, 3), np.nan)
-    return {
-        "num_atoms": np.array([s.num_atoms for s in structures], dtype=np.int64),
-        "num_edges": np.array([s.edge_index.shape[1] for s in structures], dtype=np.int64),
-        "positions": np.concatenate([s.positions for s in structures]),
-        "atom_types": np.concatenate([s.atom_types for s in structures]),
-        "cell": np.stack([s.cell for s in structures]),
-        "pbc": np.stack([s.pbc for s in structures]),
-        "edge_index": np.concatenate([s.edge_index for s in structures], axis=1),
-        "shifts": np.concatenate([s.shifts for s in structures]),
-        "energy": np.array([np.nan if s.energy is None else s.energy for s in structures]),
-        "forces": np.concatenate([np.full((s.num_atoms, 3), np.nan) if s.forces is None else s.forces for s in structures]),
-        "stress": np.stack([nan33 if s.stress is None else s.stress for s in structures]),
-        "weight": np.array([s.weight for s in structures]),
-    }
-
-
-def _unpack(arrays: dict) -> List[Structure]:
-    atom_end, edge_end = np.cumsum(arrays["num_atoms"]), np.cumsum(arrays["num_edges"])
-    out = []
-    for k in range(len(atom_end)):
-        a = slice(atom_end[k] - arrays["num_atoms"][k], atom_end[k])
-        e = slice(edge_end[k] - arrays["num_edges"][k], edge_end[k])
-        forces, stress, energy = arrays["forces"][a], arrays["stress"][k], arrays["energy"][k]
-        out.append(
-            Structure(
-                positions=arrays["positions"][a],
-                atom_types=arrays["atom_types"][a],
-                cell=arrays["cell"][k],
-                pbc=arrays["pbc"][k],
-                edge_index=arrays["edge_index"][:, e],
-                shifts=arrays["shifts"][e],
-                energy=None if np.isnan(energy) else float(energy),
-                forces=None if np.isnan(forces).any() else forces,
-                stress=None if np.isnan(stress).any() else stress,
-                weight=float(arrays["weight"][k]),
-            )
-        )
-    return out
-
-
-def _cache_key(source, type_names: Sequence[str], r_max: float, r_cut: Optional[np.ndarray]) -> str:
+def _cache_key(source, r_max: float) -> str:
     described = []
     for s in sources(source):
-        files = s.files()
-        stats = [(os.path.abspath(f), os.path.getsize(f), os.path.getmtime(f)) for f in files if os.path.exists(f)]
+        stats = [(os.path.abspath(f), os.path.getsize(f), os.path.getmtime(f)) for f in s.files() if os.path.exists(f)]
         described.append({"spec": {k: str(v) for k, v in s.spec.items()}, "files": stats})
-    blob = json.dumps(
-        [CACHE_VERSION, described, list(type_names), float(r_max), None if r_cut is None else r_cut.tolist()],
-        sort_keys=True,
-    )
+    blob = json.dumps([CACHE_VERSION, described, float(r_max)], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
+
+
+def load_graphs(source, r_max: float, cache_dir: Optional[str] = None) -> Graphs:
+    """Graphs of a data source within r_max, from `cache_dir` when the same files were processed with the same
+    r_max before; otherwise read, built and stored there (one npz per source list)."""
+    if not cache_dir:
+        return Graphs.of_frames(read_data(source), r_max)
+    path = os.path.join(cache_dir, f"graphs-{_cache_key(source, r_max)}.npz")
+    if os.path.isfile(path):
+        try:
+            with np.load(path) as f:
+                return Graphs(dict(f))
+        except Exception:  # a damaged or outdated cache file is rebuilt, never trusted
+            pass
+    graphs = Graphs.of_frames(read_data(source), r_max)
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, **graphs.arrays)
+    os.replace(tmp, path)
+    return graphs
 
 
 def load_structures(
@@ -180,24 +208,8 @@ def load_structures(
     r_cut: Optional[np.ndarray] = None,
     cache_dir: Optional[str] = None,
 ) -> List[Structure]:
-    """Graphs of a data source, from `cache_dir` when the same files were processed with the same cutoffs and
-    types before; otherwise read, built and stored there (one npz per source list)."""
-    if not cache_dir:
-        return structures_from_frames(read_frames(source), type_names, r_max, r_cut)
-    path = os.path.join(cache_dir, f"graphs-{_cache_key(source, type_names, r_max, r_cut)}.npz")
-    if os.path.isfile(path):
-        try:
-            with np.load(path) as f:
-                return _unpack(dict(f))
-        except Exception:  # a damaged cache file is rebuilt, never trusted
-            pass
-    structures = structures_from_frames(read_frames(source), type_names, r_max, r_cut)
-    os.makedirs(cache_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".npz")
-    with os.fdopen(fd, "wb") as f:
-        np.savez(f, **_pack(structures))
-    os.replace(tmp, path)
-    return structures
+    """`load_graphs` typed by `type_names` and cut by the per-edge-type cutoffs r_cut."""
+    return load_graphs(source, r_max, cache_dir).structures(type_names, r_cut)
 
 
 def collate(structures: Sequence[Structure]) -> Batch:
