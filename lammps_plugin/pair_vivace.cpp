@@ -48,8 +48,10 @@ void PairVivace::allocate() {
     for (int j = 0; j < n; j++) setflag[i][j] = 0;
 }
 
-// pair_style allegro|nequip [threads N]
+// pair_style allegro|nequip [threads N] [chunk N]
 void PairVivace::settings(int narg, char **arg) {
+  requested_threads = 0;
+  requested_chunk = -1;
   int iarg = 0;
   while (iarg < narg) {
     if (strcmp(arg[iarg], "threads") == 0) {
@@ -57,8 +59,14 @@ void PairVivace::settings(int narg, char **arg) {
       requested_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
       if (requested_threads < 1) error->all(FLERR, "pair_style {}: threads must be at least 1", kind);
       iarg += 2;
+    } else if (strcmp(arg[iarg], "chunk") == 0) {
+      if (iarg + 2 > narg) error->all(FLERR, "pair_style {}: 'chunk' needs a value", kind);
+      if (kind != "allegro") error->all(FLERR, "pair_style {}: 'chunk' applies to allegro only", kind);
+      requested_chunk = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (requested_chunk < 0) error->all(FLERR, "pair_style {}: chunk must be 0 (whole graph) or positive", kind);
+      iarg += 2;
     } else {
-      error->all(FLERR, "pair_style {}: unknown keyword '{}' (known: threads)", kind, arg[iarg]);
+      error->all(FLERR, "pair_style {}: unknown keyword '{}' (known: threads, chunk)", kind, arg[iarg]);
     }
   }
 }
@@ -100,6 +108,7 @@ void PairVivace::coeff(int narg, char **arg) {
                  found.model_kind);
     device_index = choose_device(found.device);
     model = std::make_unique<vivace::Model>(path, device_index);
+    if (requested_chunk >= 0) model->set_edges_per_group(requested_chunk);
   } catch (const vivace::Error &e) {
     error->all(FLERR, "pair_style {}: {}", kind, e.what());
   }

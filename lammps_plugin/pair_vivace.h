@@ -39,6 +39,7 @@ class PairVivace : public Pair {
   double max_cutoff = 0.0;
   int depth = 1;  // message-passing depth of the model
   int requested_threads = 0;
+  long requested_chunk = -1;  // edges per center group (allegro); -1: the core's default for the device
   int device_index = -1;  // -1: CPU
   int64_t num_local_nodes = 0;  // nodes [0, num_local_nodes) are local atoms
 

@@ -86,7 +86,11 @@ def test_wrong_artifact_extension(tmp_path, artifact):
 
 def test_bad_pair_style_keyword(tmp_path, artifact):
     message = lammps_error(tmp_path, f"pair_coeff * * {artifact('allegro')} Al Cu", pair_style="pair_style allegro fast")
-    assert "unknown keyword 'fast' (known: threads)" in message
+    assert "unknown keyword 'fast' (known: threads, chunk)" in message
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifact('allegro')} Al Cu", pair_style="pair_style allegro chunk -5")
+    assert "chunk must be 0 (whole graph) or positive" in message
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifact('nequip')} Al Cu", pair_style="pair_style nequip chunk 100")
+    assert "'chunk' applies to allegro only" in message
 
 
 def test_config_errors(tmp_path):

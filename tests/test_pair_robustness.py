@@ -10,7 +10,7 @@ import pytest
 from ase import Atoms
 
 from conftest import SHIFTS, TYPE_NAMES, alloy, make_checkpoint, HYPER, NEQUIP_HYPER
-from test_pair_styles import assert_lammps_matches, pair_lines, python_results
+from test_pair_styles import assert_lammps_matches, pair_lines, python_results, reference  # noqa: F401
 from vivace.lammps_run import run_lammps, single_point, write_data
 
 KINDS = ["allegro", "nequip"]
@@ -123,3 +123,59 @@ def test_threads_keyword_and_environment(artifact, tmp_path):
     out = run_lammps(f"units metal\nread_data {tmp_path / 'data.lmp'}\n{pair_lines('allegro', path)}\nrun 0\n",
                      str(tmp_path / "env"), env=dict(os.environ, OMP_NUM_THREADS="2"))
     assert "pair_style allegro: 2 torch thread(s) per MPI rank (OMP_NUM_THREADS)" in out
+
+
+
+def awkward_graph(atoms, r_max, seed=0):
+    """The edges of `atoms` in random order; 7 extra nodes that are neighbors of some edges but centers of
+    none (as LAMMPS ghosts); the last 5 real atoms non-local (centers whose energies exert no force)."""
+    from vivace.data import neighbor_graph
+
+    rng = np.random.default_rng(seed)
+    edge_index, shifts = neighbor_graph(atoms.positions, atoms.cell.array, atoms.pbc, r_max)
+    vectors = atoms.positions[edge_index[1]] - atoms.positions[edge_index[0]] + shifts
+    types = np.array([TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()] + [1, 0, 1, 1, 0, 0, 1])
+    edge_index[1, rng.choice(edge_index.shape[1], 40, replace=False)] = len(atoms) + rng.integers(0, 7, 40)
+    order = rng.permutation(edge_index.shape[1])
+    return vectors[order], np.ascontiguousarray(edge_index[:, order]), types, len(atoms) - 5
+
+
+@pytest.mark.parametrize("fmt", ["ckpt", "pth", "pt2"])
+def test_center_groups_equal_the_whole_graph(tmp_path, fmt):
+    """Allegro run as groups of whole centers (eager: EdgeForceModel.chunk_edges; artifacts: the core's
+    edges_per_group, which LAMMPS uses) gives the whole graph's energies and edge forces, with per-edge-type
+    cutoffs and ZBL in the model."""
+    from vivace.calculators import load_backend
+    from vivace.export import export
+
+    hyper = dict(HYPER, zbl=True, edge_type_cutoffs={"Al-Cu": 3.5})
+    path = make_checkpoint(str(tmp_path / "m.ckpt"), hyper=hyper, seed=3)
+    if fmt != "ckpt":
+        path = export(path, str(tmp_path / f"m.{fmt}"))
+    backend = load_backend(path)
+    vectors, edge_index, types, n_local = awkward_graph(alloy("triclinic"), HYPER["r_max"])
+
+    def run(edges_per_group):
+        if fmt == "ckpt":
+            backend.model.chunk_edges = edges_per_group
+        else:
+            backend.model.edges_per_group = edges_per_group
+        return backend.evaluate(vectors, edge_index, types, n_local)
+
+    whole_energy, whole_forces = run(0)
+    assert np.abs(whole_forces).max() > 1e-3
+    ghosts = np.arange(len(types)) >= n_local + 5
+    for edges_per_group in (1, 37, 400):
+        energy, forces = run(edges_per_group)
+        assert np.abs(energy - whole_energy).max() < 1e-12 * np.abs(whole_energy).max()
+        assert np.abs(forces - whole_forces).max() < 1e-12 * np.abs(whole_forces).max()
+        assert np.array_equal(energy[ghosts], np.array(SHIFTS)[types[ghosts]])
+
+
+def test_chunk_keyword(artifact, reference, tmp_path):
+    """pair_style allegro chunk N on 3 ranks: the same results as the Python model for small groups and for
+    the whole graph at once."""
+    for chunk in (0, 50):
+        lmp = single_point(alloy("triclinic"), pair_lines("allegro", artifact("allegro"), chunk=chunk), TYPE_NAMES,
+                           str(tmp_path / str(chunk)), nprocs=3)
+        assert_lammps_matches(lmp, reference("allegro", "triclinic"))

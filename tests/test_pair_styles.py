@@ -50,8 +50,9 @@ def assert_lammps_matches(lmp, ref, rtol=RTOL["float64"]):
         assert_close(lmp.centroid_virials, ref["virials"], "centroid/stress/atom", rtol)
 
 
-def pair_lines(kind, path, elements=TYPE_NAMES):
-    return f"pair_style {kind}\npair_coeff * * {path} {' '.join(elements)}"
+def pair_lines(kind, path, elements=TYPE_NAMES, chunk=None):
+    options = "" if chunk is None else f" chunk {chunk}"
+    return f"pair_style {kind}{options}\npair_coeff * * {path} {' '.join(elements)}"
 
 
 @pytest.fixture(scope="module")

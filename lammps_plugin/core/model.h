@@ -33,6 +33,8 @@ struct Metadata {
   std::string device;       // "cpu" | "cuda"
 
   int num_types() const { return static_cast<int>(type_names.size()); }
+  // Allegro: a center's energy depends on its own edges only, and on each neighbor only through its type.
+  bool strictly_local() const { return model_kind == "allegro"; }
   double cutoff(int center_type, int neighbor_type) const;
   static Metadata parse(const std::map<std::string, std::string>& raw);
 };
@@ -62,6 +64,11 @@ class Model {
   // Writes atomic_energy (N,) and edge_forces (E,3) = dE_local/dr_ij, both float64.
   void evaluate(const Graph& graph, double* atomic_energy, double* edge_forces);
 
+  // A strictly local model runs as groups of whole centers of about this many edges (0: the whole graph at
+  // once). Small groups keep every per-edge intermediate cache-sized and bound peak memory.
+  int64_t edges_per_group() const { return edges_per_group_; }
+  void set_edges_per_group(int64_t edges);
+
   // Wall seconds the last evaluate() spent inside the model itself (the rest is copies and checks).
   double last_model_seconds() const;
 
@@ -69,8 +76,13 @@ class Model {
   static Metadata read_metadata(const std::string& path);
 
  private:
+  void run_graph(const Graph& graph, double* atomic_energy, double* edge_forces);
+  void evaluate_by_center_groups(const Graph& graph, double* atomic_energy, double* edge_forces);
+  const std::vector<double>& isolated_energies();
+
   struct Impl;
   std::unique_ptr<Impl> impl_;
+  int64_t edges_per_group_ = 0;
 };
 
 void set_num_threads(int n);

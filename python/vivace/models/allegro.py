@@ -112,7 +112,7 @@ def useful_irreps(irreps_hidden: o3.Irreps, irreps_sh: o3.Irreps, num_layers: in
 class Allegro(nn.Module):
     """Atomic energies (float64) of the nodes of a graph given its edge vectors r_ij = x_j - x_i."""
 
-    message_passing_depth = 1
+    message_passing_depth = 1  # strictly local: see `center_energies`
 
     def __init__(
         self,
@@ -178,10 +178,26 @@ class Allegro(nn.Module):
         self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units)
 
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
-        dtype = self.center_embedding.dtype
         center, neighbor = edge_index[0], edge_index[1]
-        center_type, neighbor_type = atom_types[center], atom_types[neighbor]
-        num_nodes = atom_types.shape[0]
+        return self.center_energies(edge_vectors, center, atom_types[center], atom_types[neighbor], atom_types)
+
+    def isolated_energies(self, node_types: torch.Tensor) -> torch.Tensor:
+        """The atomic energies of nodes without edges: their shifts."""
+        zero = torch.zeros(node_types.shape, dtype=torch.float64, device=node_types.device)
+        return self.head.scale_shift(zero, node_types)
+
+    def center_energies(
+        self,
+        edge_vectors: torch.Tensor,  # (E, 3)
+        center: torch.Tensor,  # (E,) index into node_types
+        center_type: torch.Tensor,  # (E,)
+        neighbor_type: torch.Tensor,  # (E,)
+        node_types: torch.Tensor,  # (N,)
+    ) -> torch.Tensor:
+        """Atomic energies of the nodes from their own edges. A neighbor enters only through its type, so
+        any subset of centers, each with all its edges, gives those centers' exact energies."""
+        dtype = self.center_embedding.dtype
+        num_nodes = node_types.shape[0]
 
         r, envelope, basis, sh = self.geometry(edge_vectors, center_type, neighbor_type, dtype)
         cutoff = envelope.to(dtype).unsqueeze(-1)
@@ -192,7 +208,7 @@ class Allegro(nn.Module):
         )
         latents = [self.two_body(two_body_input) * cutoff]
         features = self.initial_weights(latents[0]) * sh
-        density_norm = self.density_norm[atom_types].view(num_nodes, 1, 1)
+        density_norm = self.density_norm[node_types].view(num_nodes, 1, 1)
 
         slots, width = None, 1
         if not torch.jit.is_scripting() and not exporting():
@@ -202,5 +218,5 @@ class Allegro(nn.Module):
             latents.append(new_latents)
 
         edge_energy = self.readout(latents[-1]).squeeze(-1).to(torch.float64)
-        energy = scatter_sum(edge_energy, center, num_nodes) * self.edge_energy_norm[atom_types].to(torch.float64)
-        return self.head(energy, atom_types, r, envelope, edge_index)
+        energy = scatter_sum(edge_energy, center, num_nodes) * self.edge_energy_norm[node_types].to(torch.float64)
+        return self.head(energy, node_types, r, envelope, center, center_type, neighbor_type)

@@ -115,11 +115,12 @@ class EnergyHead(nn.Module):
         atom_types: torch.Tensor,
         r: torch.Tensor,  # (E,) float64
         envelope: torch.Tensor,  # (E,)
-        edge_index: torch.Tensor,
+        center: torch.Tensor,  # (E,) index into the nodes
+        center_type: torch.Tensor,  # (E,)
+        neighbor_type: torch.Tensor,  # (E,)
     ) -> torch.Tensor:
         atomic_energy = self.scale_shift(energy, atom_types)
         if self.zbl is not None:
-            center, neighbor = edge_index[0], edge_index[1]
-            pair = self.zbl(r, envelope, atom_types[center], atom_types[neighbor])
+            pair = self.zbl(r, envelope, center_type, neighbor_type)
             atomic_energy = atomic_energy + scatter_sum(pair, center, atomic_energy.shape[0])
         return atomic_energy

@@ -10,6 +10,11 @@ import torch
 from torch import nn
 
 from ..nn import scatter_sum
+from ..nn.tensor_product import exporting
+
+# Inference of a strictly local model runs in groups of whole centers of about this many edges: every
+# per-edge intermediate then stays cache- and allocator-sized, and peak memory no longer grows with the graph.
+CHUNK_EDGES = 4096
 
 
 class EdgeForceModel(nn.Module):
@@ -19,14 +24,24 @@ class EdgeForceModel(nn.Module):
     Both outputs are float64.
     """
 
-    def __init__(self, model: nn.Module, create_graph: bool = False):
+    def __init__(self, model: nn.Module, create_graph: bool = False, chunk_edges: int = CHUNK_EDGES):
         super().__init__()
         self.model = model
         self.create_graph = create_graph
+        self.chunk_edges = chunk_edges
 
     def forward(
         self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor, n_local: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
+        if (
+            not torch.jit.is_scripting()
+            and not exporting()
+            and not torch.compiler.is_compiling()
+            and not self.create_graph
+            and hasattr(self.model, "center_energies")
+            and edge_vectors.shape[0] > self.chunk_edges > 0
+        ):
+            return self._by_center_groups(edge_vectors, edge_index, atom_types, n_local)
         if not edge_vectors.requires_grad:
             edge_vectors = edge_vectors.detach().requires_grad_(True)
         atomic_energy = self.model(edge_vectors, edge_index, atom_types)
@@ -39,6 +54,45 @@ class EdgeForceModel(nn.Module):
         if edge_forces is None:
             edge_forces = torch.zeros_like(edge_vectors)
         return atomic_energy, edge_forces.to(torch.float64)
+
+    @torch.jit.unused
+    def _by_center_groups(self, edge_vectors, edge_index, atom_types, n_local):
+        """The same outputs, computed group by group of consecutive centers (strictly local models only):
+        a center's energy depends on its own edges alone, and an edge vector r_ij on E_i alone."""
+        order = None
+        center = edge_index[0]
+        if bool((center[1:] < center[:-1]).any()):
+            order = torch.argsort(center, stable=True)
+            edge_vectors, edge_index, center = edge_vectors[order], edge_index[:, order], center[order]
+        neighbor_type = atom_types[edge_index[1]]
+        atomic_energy = self.model.isolated_energies(atom_types)
+        edge_forces = torch.empty(edge_vectors.shape, dtype=torch.float64, device=edge_vectors.device)
+        for (e0, e1), (n0, n1) in center_groups(center, atom_types.shape[0], self.chunk_edges):
+            vectors = edge_vectors[e0:e1].detach().requires_grad_(True)
+            nodes = atom_types[n0:n1]
+            energy = self.model.center_energies(vectors, center[e0:e1] - n0, nodes[center[e0:e1] - n0], neighbor_type[e0:e1], nodes)
+            local = torch.arange(n0, n1, device=energy.device) < n_local
+            (grad,) = torch.autograd.grad([torch.where(local, energy, torch.zeros_like(energy)).sum()], [vectors])
+            edge_forces[e0:e1] = grad
+            atomic_energy[n0:n1] = energy.detach()
+        if order is not None:
+            edge_forces = torch.empty_like(edge_forces).index_copy_(0, order, edge_forces)
+        return atomic_energy, edge_forces
+
+
+def center_groups(center: torch.Tensor, num_nodes: int, edges_per_group: int) -> List[Tuple[Tuple[int, int], Tuple[int, int]]]:
+    """Split edges sorted by center into groups of whole centers, about `edges_per_group` edges each:
+    [((first edge, end edge), (first node, end node)), ...]."""
+    ends = torch.cumsum(torch.bincount(center, minlength=num_nodes), 0)
+    targets = torch.arange(edges_per_group, int(ends[-1]), edges_per_group, device=ends.device)
+    cuts = sorted(set((torch.searchsorted(ends, targets) + 1).tolist()) | {num_nodes})
+    groups, e0, n0 = [], 0, 0
+    for n1 in cuts:
+        e1 = int(ends[n1 - 1])
+        if e1 > e0:
+            groups.append(((e0, e1), (n0, n1)))
+            e0, n0 = e1, n1
+    return groups
 
 
 def atom_forces(edge_forces: torch.Tensor, edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:

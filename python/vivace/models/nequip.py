@@ -182,4 +182,4 @@ class NequIP(nn.Module):
             h_isolated = block(h_isolated, self.one_hot, sh[:0], radial_basis[:0], no_edges, self.message_norm.unsqueeze(-1))
         e_isolated = self.readout(h_isolated).squeeze(-1)
         energy = (self.readout(h).squeeze(-1) - e_isolated[atom_types]).to(torch.float64)
-        return self.head(energy, atom_types, r, envelope, edge_index)
+        return self.head(energy, atom_types, r, envelope, edge_index[0], center_type, neighbor_type)
