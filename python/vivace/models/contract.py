@@ -11,6 +11,7 @@ from torch import nn
 
 from ..nn import scatter_sum
 from ..nn.tensor_product import exporting
+from .common import center_groups
 
 # Inference of a strictly local model runs in groups of whole centers of about this many edges: every
 # per-edge intermediate then stays cache- and allocator-sized, and peak memory no longer grows with the graph.
@@ -60,10 +61,10 @@ class EdgeForceModel(nn.Module):
         """The same outputs, computed group by group of consecutive centers (strictly local models only):
         a center's energy depends on its own edges alone, and an edge vector r_ij on E_i alone."""
         order = None
+        if bool((edge_index[0, 1:] < edge_index[0, :-1]).any()):
+            order = torch.argsort(edge_index[0], stable=True)
+            edge_vectors, edge_index = edge_vectors[order], edge_index[:, order]
         center = edge_index[0]
-        if bool((center[1:] < center[:-1]).any()):
-            order = torch.argsort(center, stable=True)
-            edge_vectors, edge_index, center = edge_vectors[order], edge_index[:, order], center[order]
         neighbor_type = atom_types[edge_index[1]]
         atomic_energy = self.model.isolated_energies(atom_types)
         edge_forces = torch.empty(edge_vectors.shape, dtype=torch.float64, device=edge_vectors.device)
@@ -78,21 +79,6 @@ class EdgeForceModel(nn.Module):
         if order is not None:
             edge_forces = torch.empty_like(edge_forces).index_copy_(0, order, edge_forces)
         return atomic_energy, edge_forces
-
-
-def center_groups(center: torch.Tensor, num_nodes: int, edges_per_group: int) -> List[Tuple[Tuple[int, int], Tuple[int, int]]]:
-    """Split edges sorted by center into groups of whole centers, about `edges_per_group` edges each:
-    [((first edge, end edge), (first node, end node)), ...]."""
-    ends = torch.cumsum(torch.bincount(center, minlength=num_nodes), 0)
-    targets = torch.arange(edges_per_group, int(ends[-1]), edges_per_group, device=ends.device)
-    cuts = sorted(set((torch.searchsorted(ends, targets) + 1).tolist()) | {num_nodes})
-    groups, e0, n0 = [], 0, 0
-    for n1 in cuts:
-        e1 = int(ends[n1 - 1])
-        if e1 > e0:
-            groups.append(((e0, e1), (n0, n1)))
-            e0, n0 = e1, n1
-    return groups
 
 
 def atom_forces(edge_forces: torch.Tensor, edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ up to L x r_max away, so a LAMMPS rank needs a ghost shell that deep (message_pa
 """
 
 import math
-from typing import List, Optional, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from e3nn import o3
@@ -20,8 +20,13 @@ from torch import nn
 
 from ..nn import MLP, gather, scatter_sum
 from ..nn.gate import Gate
-from ..nn.tensor_product import SparseContraction, component_index, spread_over_components
-from .common import CutoffSpec, EdgeGeometry, EnergyHead, per_type
+from ..nn.tensor_product import SparseContraction, component_index, exporting, spread_over_components
+from .common import CenterGroup, CutoffSpec, EdgeGeometry, EnergyHead, center_groups, per_type, sorted_by_center
+
+# Eager inference and training run the convolution over groups of whole centers of about this many edges:
+# each per-edge tensor (paths' components x channels per edge) then stays small enough to be reused from
+# the heap instead of being mapped and zero-filled anew (1024 was fastest for 192-atom water).
+EDGES_PER_CHUNK = 1024
 
 
 def hidden_irreps(num_features: int, l_max: int, parity: bool) -> o3.Irreps:
@@ -45,9 +50,9 @@ class Convolution(nn.Module):
     """m_i = sum_j TP(x_j, Y_ij; w_ij) over the edges into center i ("uvu": every path keeps its own
     channels, each weighted per edge and channel by the radial MLP).
 
-    The product runs channels-last on the edges through `SparseContraction`: the spherical harmonics carry
-    no channels, so per edge they fix one (paths' components x input components) matrix applied to x_j
-    for all channels at once.
+    The product runs channels-last on the edges: the spherical harmonics carry no channels, so per edge
+    they fix one (paths' components x input components) matrix applied to x_j for all channels at once.
+    Export and TorchScript take it through `SparseContraction`; eager runs `messages_by_groups`.
     """
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_wanted: o3.Irreps, radial: List[int]):
@@ -79,13 +84,76 @@ class Convolution(nn.Module):
         self.channels = channels
         self.radial = MLP(radial + [len(irreps_mid) * channels])
 
-    def forward(self, x, sh, radial_basis, edge_index, norm):
+        # the eager layout: paths sorted by output dimension, with one dense kernel per dimension
+        dense = torch.zeros(dim_sh, offset, dim_x, dtype=torch.float64)
+        for (k, m, n), v in zip(entries, values):
+            dense[n, k, m] += v
+        starts = [sum(self.mid_dims[:p]) for p in range(len(self.mid_dims))]
+        sorted_paths = sorted(range(len(self.mid_dims)), key=lambda p: self.mid_dims[p])
+        self.paths_per_dim: List[Tuple[int, int]] = []
+        sorted_components: List[int] = []
+        for dim in sorted(set(self.mid_dims)):
+            paths = [p for p in sorted_paths if self.mid_dims[p] == dim]
+            rows = [starts[p] + q for p in paths for q in range(dim)]
+            kernel = dense[:, rows, :].reshape(dim_sh, -1).to(torch.get_default_dtype())
+            self.register_buffer(f"kernel_{dim}", kernel, persistent=False)
+            self.paths_per_dim.append((dim, len(paths)))
+            sorted_components += rows
+        self.register_buffer("sorted_paths", torch.tensor(sorted_paths), persistent=False)
+        unsorted = torch.empty(offset, dtype=torch.long)
+        unsorted[torch.tensor(sorted_components)] = torch.arange(offset)
+        self.register_buffer("unsorted_components", unsorted, persistent=False)
+
+    def forward(self, x, sh, radial_basis, edge_index, norm, groups: Optional[List[CenterGroup]]):
+        x = channels_last(x, self.irreps_in_dims, self.channels)
+        if groups is None:
+            messages = self.messages(x, sh, radial_basis, edge_index, norm.shape[0])
+        else:
+            messages = self.messages_by_groups(x, sh, radial_basis, edge_index, norm.shape[0], groups)
+        return channels_first(messages * norm.unsqueeze(-1), self.mid_dims)
+
+    def messages(self, x, sh, radial_basis, edge_index, num_nodes: int):
+        """Summed messages (nodes, paths' components, channels) through the sparse contraction."""
         num_edges = sh.shape[0]
-        x = gather(channels_last(x, self.irreps_in_dims, self.channels), edge_index[1])  # (E, dim_x, C)
+        x = gather(x, edge_index[1])  # (E, dim_x, C)
         mid = self.contraction(x, sh.unsqueeze(-1), self.cg)
         w = self.radial(radial_basis).view(num_edges, len(self.mid_dims), self.channels)
-        messages = scatter_sum(mid * spread_over_components(w, self.components), edge_index[0], norm.shape[0]) * norm.unsqueeze(-1)
-        return channels_first(messages, self.mid_dims)
+        return scatter_sum(mid * spread_over_components(w, self.components), edge_index[0], num_nodes)
+
+    @torch.jit.unused
+    def messages_by_groups(self, x, sh, radial_basis, edge_index, num_nodes: int, groups: List[CenterGroup]):
+        """The same sums, eager, one group of consecutive centers at a time (edges sorted by center): every
+        per-edge tensor stays small enough to be reused from the heap, and each group's messages fill
+        their own rows."""
+        parts, done = [], 0
+        for (e0, e1), (n0, n1) in groups:
+            if n0 > done:
+                parts.append(x.new_zeros(n0 - done, sum(self.mid_dims), self.channels))
+            center = edge_index[0, e0:e1] - n0
+            parts.append(self.messages_by_dim(x, sh[e0:e1], radial_basis[e0:e1], center, edge_index[1, e0:e1], n1 - n0))
+            done = n1
+        if num_nodes > done:
+            parts.append(x.new_zeros(num_nodes - done, sum(self.mid_dims), self.channels))
+        return torch.cat(parts).index_select(1, self.unsorted_components)
+
+    @torch.jit.unused
+    def messages_by_dim(self, x, sh, radial_basis, center, neighbor, num_nodes: int):
+        """Summed messages with the paths grouped by output dimension d: per edge one dense (paths x d,
+        dim_x) matrix from Y_ij multiplies x_j for all channels, and each path's radial weight broadcasts
+        over its d components. Components come out sorted by dimension (see `unsorted_components`)."""
+        num_edges, dim_x = sh.shape[0], x.shape[1]
+        x = gather(x, neighbor)  # (E, dim_x, C)
+        w = self.radial(radial_basis).view(num_edges, len(self.mid_dims), self.channels)
+        w = w.index_select(1, self.sorted_paths)
+        blocks, first_path = [], 0
+        for dim, num_paths in self.paths_per_dim:
+            kernel = getattr(self, f"kernel_{dim}")  # (dim_sh, paths x d x dim_x)
+            a = torch.matmul(sh, kernel).view(num_edges, num_paths * dim, dim_x)
+            product = torch.bmm(a, x).view(num_edges, num_paths, dim, self.channels)
+            weighted = product * w[:, first_path : first_path + num_paths].unsqueeze(2)
+            blocks.append(scatter_sum(weighted.view(num_edges, num_paths * dim, self.channels), center, num_nodes))
+            first_path += num_paths
+        return torch.cat(blocks, dim=1)
 
 
 class InteractionBlock(nn.Module):
@@ -110,8 +178,8 @@ class InteractionBlock(nn.Module):
         self.resnet = resnet and self.gate.irreps_out == irreps_in
         self.irreps_out = self.gate.irreps_out
 
-    def forward(self, h, species, sh, radial_basis, edge_index, norm):
-        m = self.convolution(self.linear_in(h), sh, radial_basis, edge_index, norm)
+    def forward(self, h, species, sh, radial_basis, edge_index, norm, groups: Optional[List[CenterGroup]]):
+        m = self.convolution(self.linear_in(h), sh, radial_basis, edge_index, norm, groups)
         out = self.gate(self.linear_out(m) + self.self_connection(h, species))
         return h + out if self.resnet else out
 
@@ -167,6 +235,10 @@ class NequIP(nn.Module):
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         dtype = self.one_hot.dtype
         num_nodes = atom_types.shape[0]
+        groups: Optional[List[CenterGroup]] = None
+        if not torch.jit.is_scripting() and not exporting() and not torch.compiler.is_compiling():
+            edge_vectors, edge_index = sorted_by_center(edge_vectors, edge_index)
+            groups = center_groups(edge_index[0], num_nodes, EDGES_PER_CHUNK)
         center_type, neighbor_type = atom_types[edge_index[0]], atom_types[edge_index[1]]
         r, envelope, radial_basis, sh = self.geometry(edge_vectors, center_type, neighbor_type, dtype)
 
@@ -178,8 +250,10 @@ class NequIP(nn.Module):
         h_isolated = self.embedding(self.one_hot)
         no_edges = edge_index[:, :0]
         for block in self.blocks:
-            h = block(h, species, sh, radial_basis, edge_index, norm)
-            h_isolated = block(h_isolated, self.one_hot, sh[:0], radial_basis[:0], no_edges, self.message_norm.unsqueeze(-1))
+            h = block(h, species, sh, radial_basis, edge_index, norm, groups)
+            h_isolated = block(
+                h_isolated, self.one_hot, sh[:0], radial_basis[:0], no_edges, self.message_norm.unsqueeze(-1), None
+            )
         e_isolated = self.readout(h_isolated).squeeze(-1)
         energy = (self.readout(h).squeeze(-1) - e_isolated[atom_types]).to(torch.float64)
         return self.head(energy, atom_types, r, envelope, edge_index[0], center_type, neighbor_type)
