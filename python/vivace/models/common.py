@@ -18,12 +18,14 @@ CenterGroup = Tuple[Tuple[int, int], Tuple[int, int]]  # ((first edge, end edge)
 
 
 @torch.jit.unused
-def sorted_by_center(edge_vectors: torch.Tensor, edge_index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The edges in center order (stable), unchanged when they already are."""
+def sorted_by_center(
+    edge_vectors: torch.Tensor, edge_index: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """The edges in center order (stable) and the permutation applied, None when they already were."""
     if not bool((edge_index[0, 1:] < edge_index[0, :-1]).any()):
-        return edge_vectors, edge_index
+        return edge_vectors, edge_index, None
     order = torch.argsort(edge_index[0], stable=True)
-    return edge_vectors[order], edge_index[:, order]
+    return edge_vectors[order], edge_index[:, order], order
 
 
 @torch.jit.unused

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..nn import scatter_sum
 from ..nn.tensor_product import exporting
-from .common import center_groups
+from .common import center_groups, sorted_by_center
 
 # Inference of a strictly local model runs in groups of whole centers of about this many edges: every
 # per-edge intermediate then stays cache- and allocator-sized, and peak memory no longer grows with the graph.
@@ -60,18 +60,16 @@ class EdgeForceModel(nn.Module):
     def _by_center_groups(self, edge_vectors, edge_index, atom_types, n_local):
         """The same outputs, computed group by group of consecutive centers (strictly local models only):
         a center's energy depends on its own edges alone, and an edge vector r_ij on E_i alone."""
-        order = None
-        if bool((edge_index[0, 1:] < edge_index[0, :-1]).any()):
-            order = torch.argsort(edge_index[0], stable=True)
-            edge_vectors, edge_index = edge_vectors[order], edge_index[:, order]
+        edge_vectors, edge_index, order = sorted_by_center(edge_vectors, edge_index)
         center = edge_index[0]
-        neighbor_type = atom_types[edge_index[1]]
+        center_type, neighbor_type = atom_types[center], atom_types[edge_index[1]]
         atomic_energy = self.model.isolated_energies(atom_types)
         edge_forces = torch.empty(edge_vectors.shape, dtype=torch.float64, device=edge_vectors.device)
         for (e0, e1), (n0, n1) in center_groups(center, atom_types.shape[0], self.chunk_edges):
             vectors = edge_vectors[e0:e1].detach().requires_grad_(True)
-            nodes = atom_types[n0:n1]
-            energy = self.model.center_energies(vectors, center[e0:e1] - n0, nodes[center[e0:e1] - n0], neighbor_type[e0:e1], nodes)
+            energy = self.model.center_energies(
+                vectors, center[e0:e1] - n0, center_type[e0:e1], neighbor_type[e0:e1], atom_types[n0:n1]
+            )
             local = torch.arange(n0, n1, device=energy.device) < n_local
             (grad,) = torch.autograd.grad([torch.where(local, energy, torch.zeros_like(energy)).sum()], [vectors])
             edge_forces[e0:e1] = grad

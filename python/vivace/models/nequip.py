@@ -85,9 +85,7 @@ class Convolution(nn.Module):
         self.radial = MLP(radial + [len(irreps_mid) * channels])
 
         # the eager layout: paths sorted by output dimension, with one dense kernel per dimension
-        dense = torch.zeros(dim_sh, offset, dim_x, dtype=torch.float64)
-        for (k, m, n), v in zip(entries, values):
-            dense[n, k, m] += v
+        dense = self.contraction.dense_kernel(self.cg, self.contraction.node_index, dim_sh)[0].view(dim_sh, offset, dim_x)
         starts = [sum(self.mid_dims[:p]) for p in range(len(self.mid_dims))]
         sorted_paths = sorted(range(len(self.mid_dims)), key=lambda p: self.mid_dims[p])
         self.paths_per_dim: List[Tuple[int, int]] = []
@@ -95,7 +93,7 @@ class Convolution(nn.Module):
         for dim in sorted(set(self.mid_dims)):
             paths = [p for p in sorted_paths if self.mid_dims[p] == dim]
             rows = [starts[p] + q for p in paths for q in range(dim)]
-            kernel = dense[:, rows, :].reshape(dim_sh, -1).to(torch.get_default_dtype())
+            kernel = dense[:, rows, :].reshape(dim_sh, -1)
             self.register_buffer(f"kernel_{dim}", kernel, persistent=False)
             self.paths_per_dim.append((dim, len(paths)))
             sorted_components += rows
@@ -237,7 +235,7 @@ class NequIP(nn.Module):
         num_nodes = atom_types.shape[0]
         groups: Optional[List[CenterGroup]] = None
         if not torch.jit.is_scripting() and not exporting() and not torch.compiler.is_compiling():
-            edge_vectors, edge_index = sorted_by_center(edge_vectors, edge_index)
+            edge_vectors, edge_index, _ = sorted_by_center(edge_vectors, edge_index)
             groups = center_groups(edge_index[0], num_nodes, EDGES_PER_CHUNK)
         center_type, neighbor_type = atom_types[edge_index[0]], atom_types[edge_index[1]]
         r, envelope, radial_basis, sh = self.geometry(edge_vectors, center_type, neighbor_type, dtype)

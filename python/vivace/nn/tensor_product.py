@@ -108,7 +108,7 @@ class SparseContraction(nn.Module):
             return _contract_function(x, y, coef, self)
         return self.dense(x, y, coef)
 
-    def _kernel(self, coef: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
+    def dense_kernel(self, coef: torch.Tensor, index: torch.Tensor, rows: int) -> torch.Tensor:
         """The entries' coefficients laid into a dense (channels, rows, rest) kernel at `index`."""
         total = self.dims[0] * self.dims[1] * self.dims[2]
         kernel = torch.zeros(coef.shape[1], total, dtype=coef.dtype, device=coef.device)
@@ -124,7 +124,7 @@ class SparseContraction(nn.Module):
         batched matrix multiply: out_i = A_i X_i, with no per-edge intermediate larger than x itself."""
         dim_out, dim_x, dim_y = self.dims[0], self.dims[1], self.dims[2]
         num_nodes = y_nodes.shape[0]
-        a = torch.matmul(y_nodes.permute(2, 0, 1), self._kernel(coef, self.node_index, dim_y))  # (C, N, out*x)
+        a = torch.matmul(y_nodes.permute(2, 0, 1), self.dense_kernel(coef, self.node_index, dim_y))  # (C, N, out*x)
         a = a.view(-1, num_nodes, dim_out, dim_x).transpose(0, 1)  # (N, C, dim_out, dim_x)
         padded = scatter_sum(x, slots, num_nodes * width).view(num_nodes, width, dim_x, -1).permute(0, 3, 2, 1)
         out = torch.matmul(a, padded)  # (N, C, dim_out, width)
@@ -134,9 +134,9 @@ class SparseContraction(nn.Module):
         dim_out, dim_x, dim_y = self.dims[0], self.dims[1], self.dims[2]
         if y.shape[-1] == 1 and coef.shape[-1] == 1:
             # y and the coefficients shared by all channels: one (dim_out, dim_x) matrix per row times x
-            a = torch.matmul(y.squeeze(-1), self._kernel(coef, self.node_index, dim_y)[0])
+            a = torch.matmul(y.squeeze(-1), self.dense_kernel(coef, self.node_index, dim_y)[0])
             return torch.bmm(a.view(-1, dim_out, dim_x), x)
-        kernel = self._kernel(coef, self.dense_index, dim_x * dim_y)  # (C, dim_x * dim_y, dim_out)
+        kernel = self.dense_kernel(coef, self.dense_index, dim_x * dim_y)  # (C, dim_x * dim_y, dim_out)
         xs, ys = x.permute(2, 0, 1), y.permute(2, 0, 1)  # (C, E, dim)
         outer = (xs.unsqueeze(-1) * ys.unsqueeze(-2)).flatten(-2)  # (C, E, dim_x * dim_y)
         return torch.matmul(outer, kernel).permute(1, 2, 0)
