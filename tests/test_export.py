@@ -83,8 +83,24 @@ def test_info_prints_metadata(tmp_path, capsys):
         "units: metal",
         "format: torchscript",
         "device: cpu",
+        "edges_per_group: 0",
     ):
         assert line in text
+
+
+def test_allegro_group_size_in_metadata(tmp_path):
+    """The exporter's CPU group size scales inversely with the tensor features' per-edge width, and the core
+    takes it as its default."""
+    from vivace import _core
+
+    sizes = {}
+    for channels, l_max in ((32, 2), (8, 1), (64, 3)):
+        model = build_model("allegro", dict(MODELS["allegro"], num_tensor_features=channels, l_max=l_max), ["Al", "Cu"], "float64")
+        sizes[(channels, l_max)] = model.cpu_edges_per_group()
+    assert sizes == {(32, 2): 1024, (8, 1): 8192, (64, 3): 1024}
+    artifact = export(write_checkpoint(tmp_path / "model.ckpt", "allegro", "float64"), str(tmp_path / "model.pth"))
+    core = _core.Model(artifact)
+    assert int(core.metadata["edges_per_group"]) == core.edges_per_group >= 1024
 
 
 def test_failed_check_fails_the_export(tmp_path, monkeypatch):

@@ -103,6 +103,9 @@ Metadata Metadata::parse(const std::map<std::string, std::string>& raw) {
                   " entries, expected " + std::to_string(t * t));
   }
   m.message_passing_depth = static_cast<int>(to_double("message_passing_depth", get("message_passing_depth")));
+  auto group = raw.find("edges_per_group");
+  if (group != raw.end()) m.edges_per_group = static_cast<int64_t>(to_double("edges_per_group", group->second));
+  if (m.edges_per_group < 0) throw Error("artifact metadata edges_per_group must not be negative");
   m.model_dtype = get("model_dtype");
   m.units = get("units");
   m.device = get("device");
@@ -173,9 +176,6 @@ Model::Model(const std::string& path, int device_index) : impl_(std::make_unique
   check_readable(path);
   if (device_index >= 0) impl_->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_index));
   const std::string want_device = device_index >= 0 ? "cuda" : "cpu";
-  // On the CPU, groups of about 1k edges ran fastest and use the least memory (water, 10k and 80k edges,
-  // 2 threads, AOTInductor). On a GPU the whole graph runs at once unless asked otherwise.
-  edges_per_group_ = device_index >= 0 ? 0 : 1024;
   if (device_index < 0) keep_freed_memory_for_reuse();
 
   try {
@@ -192,6 +192,10 @@ Model::Model(const std::string& path, int device_index) : impl_(std::make_unique
       raw = parse_key_values(extra[kMetadataFile]);
     }
     impl_->metadata = Metadata::parse(raw);
+    // On the CPU, the exporter's group size for this model (see Allegro.cpu_edges_per_group), else 1024.
+    // On a GPU the whole graph runs at once unless asked otherwise.
+    const int64_t suggested = impl_->metadata.edges_per_group;
+    edges_per_group_ = device_index >= 0 ? 0 : (suggested > 0 ? suggested : 1024);
   } catch (const c10::Error& e) {
     throw Error("cannot load model artifact '" + path + "' as " + impl_->format + ": " +
                 e.what_without_backtrace());
@@ -307,7 +311,6 @@ void Model::evaluate_by_center_groups(const Graph& g, double* atomic_energy, dou
 
   std::vector<int64_t> group_center, group_neighbor, group_types;
   std::vector<double> group_energy, group_forces;
-  double model_seconds = 0.0;
   for (int64_t e0 = 0; e0 < E;) {
     int64_t e1 = std::min(e0 + edges_per_group_, E);
     while (e1 < E && center[e1] == center[e1 - 1]) ++e1;
@@ -332,8 +335,7 @@ void Model::evaluate_by_center_groups(const Graph& g, double* atomic_energy, dou
     group.num_local = std::clamp<int64_t>(g.num_local - n0, 0, k);
     group_energy.resize(group.num_nodes);
     group_forces.resize(3 * group.num_edges);
-    run_graph(group, group_energy.data(), group_forces.data());
-    model_seconds += impl_->last_model_seconds;
+    run_graph(group, group_energy.data(), group_forces.data());  // adds its model time
 
     std::copy_n(group_energy.data(), k, atomic_energy + n0);
     if (order.empty())
@@ -342,7 +344,6 @@ void Model::evaluate_by_center_groups(const Graph& g, double* atomic_energy, dou
       for (int64_t e = e0; e < e1; ++e) std::copy_n(&group_forces[3 * (e - e0)], 3, edge_forces + 3 * order[e]);
     e0 = e1;
   }
-  impl_->last_model_seconds = model_seconds;
 }
 
 const std::vector<double>& Model::isolated_energies() {

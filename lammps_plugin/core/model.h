@@ -28,6 +28,7 @@ struct Metadata {
   double r_max = 0.0;
   std::vector<double> edge_type_cutoffs;  // T*T row-major (center, neighbor); empty: r_max for all
   int message_passing_depth = 1;
+  int64_t edges_per_group = 0;  // the exporter's CPU group size for a strictly local model; 0: not given
   std::string model_dtype;  // "float32" | "float64"
   std::string units;        // LAMMPS units style of the training data, e.g. "metal"
   std::string device;       // "cpu" | "cuda"

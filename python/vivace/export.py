@@ -27,6 +27,7 @@ class ExportError(RuntimeError):
 def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str) -> Dict[str, str]:
     hyper = spec["hyperparameters"]
     r_cut = model.geometry.r_cut
+    grouped = hasattr(model, "cpu_edges_per_group")
     return {
         "contract_version": str(CONTRACT_VERSION),
         "model_kind": spec["kind"],
@@ -34,6 +35,7 @@ def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str)
         "r_max": repr(float(hyper["r_max"])),
         "edge_type_cutoffs": "" if r_cut is None else " ".join(repr(float(c)) for c in r_cut.flatten()),
         "message_passing_depth": str(model.message_passing_depth),
+        "edges_per_group": str(model.cpu_edges_per_group()) if grouped else "0",
         "model_dtype": spec["dtype"],
         "units": spec.get("units", "metal"),
         "device": device,

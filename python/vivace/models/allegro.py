@@ -7,6 +7,7 @@ energy of atom i is a sum of edge energies over its own edges, so E_i depends on
 cutoff of i.
 """
 
+import math
 from typing import List, Optional, Union
 
 import torch
@@ -180,6 +181,15 @@ class Allegro(nn.Module):
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         center, neighbor = edge_index[0], edge_index[1]
         return self.center_energies(edge_vectors, center, atom_types[center], atom_types[neighbor], atom_types)
+
+    def cpu_edges_per_group(self) -> int:
+        """Edges per group for grouped inference on a CPU: 1024 for 32 tensor features at l_max 2 (the
+        fastest, and least memory, in benchmarks/model_speed.py), scaled inversely with the per-edge width
+        of the tensor features (channels x spherical-harmonic components), a power of two up to 16384.
+        Narrower models then run fewer, larger groups, where each group's fixed cost would dominate."""
+        width = self.initial_weights.channels * self.geometry.irreps_sh.dim
+        edges = 1024 * 32 * 9 / width
+        return int(min(16384, max(1024, 2 ** round(math.log2(edges)))))
 
     def isolated_energies(self, node_types: torch.Tensor) -> torch.Tensor:
         """The atomic energies of nodes without edges: their shifts."""
