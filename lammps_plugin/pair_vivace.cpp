@@ -292,10 +292,14 @@ void PairVivace::compute(int eflag, int vflag) {
 
 // Edge force g = dE/dr_ij acts as +g on i and -g on j; its virial is -r_ij (x) g, shared half and half
 // between i and j (per-atom and centroid virials alike).
+// A running sum of everything tallied is NaN or infinite exactly when some term is: the check costs one
+// addition per number.
 void PairVivace::tally() {
   double **f = atom->f;
+  double checksum = 0.0;
   for (int64_t n = 0; n < num_local_nodes; n++) {
     const int a = atom_of_node[n];
+    checksum += atomic_energy[n];
     if (eflag_global) eng_vdwl += atomic_energy[n];
     if (eflag_atom) eatom[a] += atomic_energy[n];
   }
@@ -305,6 +309,7 @@ void PairVivace::tally() {
     const int i = atom_of_node[edge_center[k]], j = atom_of_node[edge_neighbor[k]];
     const double *g = &edge_forces[3 * k];
     const double *r = &edge_vectors[3 * k];
+    checksum += g[0] + g[1] + g[2];
     f[i][0] += g[0];
     f[i][1] += g[1];
     f[i][2] += g[2];
@@ -327,6 +332,25 @@ void PairVivace::tally() {
         cvatom[i][c] += 0.5 * v[c];
         cvatom[j][c] += 0.5 * v[c];
       }
+  }
+  if (!std::isfinite(checksum)) report_non_finite();
+}
+
+void PairVivace::report_non_finite() {
+  for (int64_t n = 0; n < num_local_nodes; n++)
+    if (!std::isfinite(atomic_energy[n]))
+      error->one(FLERR, "pair_style {}: the model gave a non-finite energy for atom {} at step {}", kind,
+                 atom->tag[atom_of_node[n]], update->ntimestep);
+  for (size_t k = 0; k < edge_center.size(); k++) {
+    const double *g = &edge_forces[3 * k];
+    if (!std::isfinite(g[0]) || !std::isfinite(g[1]) || !std::isfinite(g[2]))
+      error->one(FLERR,
+                 "pair_style {}: the model gave a non-finite force on the pair of atoms {} and {} ({:.4g} A apart) "
+                 "at step {}",
+                 kind, atom->tag[atom_of_node[edge_center[k]]], atom->tag[atom_of_node[edge_neighbor[k]]],
+                 std::sqrt(edge_vectors[3 * k] * edge_vectors[3 * k] + edge_vectors[3 * k + 1] * edge_vectors[3 * k + 1] +
+                           edge_vectors[3 * k + 2] * edge_vectors[3 * k + 2]),
+                 update->ntimestep);
   }
 }
 

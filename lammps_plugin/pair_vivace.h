@@ -56,6 +56,7 @@ class PairVivace : public Pair {
   int choose_device(const std::string &device);
   void build_graph();
   void tally();
+  void report_non_finite();
 };
 
 }  // namespace LAMMPS_NS

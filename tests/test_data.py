@@ -152,7 +152,7 @@ def test_graph_cache(tmp_path, frames, monkeypatch):
     ase.io.write(path, frames)
     first = load_structures(str(path), TYPE_NAMES, R_MAX, cache_dir=str(tmp_path / "cache"))
     with monkeypatch.context() as m:
-        m.setattr(dataset, "read_data", lambda source: pytest.fail("re-parsed a cached file"))
+        m.setattr(dataset, "read_data", lambda *args: pytest.fail("re-parsed a cached file"))
         again = load_structures(str(path), TYPE_NAMES, R_MAX, cache_dir=str(tmp_path / "cache"))
     for a, b in zip(first, again):
         for field in ("positions", "atom_types", "cell", "pbc", "edge_index", "shifts", "forces", "stress"):

@@ -109,3 +109,45 @@ def test_malformed_data_file(tmp_path):
     bad.write_text("3\nnot an extxyz comment\nCu 0 0\n")
     with pytest.raises(ValueError, match="cannot read"):
         read_data(str(bad))
+
+
+@pytest.mark.parametrize("kind", ["allegro", "nequip"])
+def test_non_finite_model_output_stops_lammps(tmp_path, artifact, kind):
+    """Two atoms on one site give the model 0/0 (r = 0): the run stops at that step, naming the atoms."""
+    atoms = alloy("orthogonal")
+    atoms.positions[5] = atoms.positions[4]
+    write_data(atoms, str(tmp_path / "data.lmp"), TYPE_NAMES)
+    script = f"""units metal
+atom_style atomic
+read_data {tmp_path / 'data.lmp'}
+reset_timestep 42
+pair_style {kind}
+pair_coeff * * {artifact(kind)} Al Cu
+run 0
+"""
+    with pytest.raises(LammpsError) as info:
+        run_lammps(script, str(tmp_path / "lmp"))
+    assert f"pair_style {kind}: the model gave a non-finite" in str(info.value) and "at step 42" in str(info.value)
+
+
+def test_non_finite_labels_and_close_atoms_are_refused(tmp_path):
+    import ase.io
+    import numpy as np
+
+    from conftest import emt_frames
+    from vivace.data import load_graphs, read_data
+
+    frames = emt_frames(3, seed=3, stress=True)
+    forces = frames[1].get_forces()
+    forces[2, 1] = np.nan
+    frames[1].calc.results["forces"] = forces
+    ase.io.write(tmp_path / "nan.xyz", frames)
+    with pytest.raises(ValueError, match=r"nan.xyz, structure 1: the forces contain NaN"):
+        read_data(str(tmp_path / "nan.xyz"))
+
+    frames = emt_frames(3, seed=3)
+    frames[2].positions[7] = frames[2].positions[3] + [0.1, 0.0, 0.0]
+    ase.io.write(tmp_path / "close.xyz", frames)
+    with pytest.raises(ValueError, match=r"close.xyz, structure 2: atoms 3 and 7 are 0.1 A apart, closer than the minimum"):
+        load_graphs(str(tmp_path / "close.xyz"), 4.0)
+    assert len(load_graphs(str(tmp_path / "close.xyz"), 4.0, min_distance=0.05).arrays["num_atoms"]) == 3

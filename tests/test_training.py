@@ -94,7 +94,7 @@ def test_second_run_reads_the_cache_only(tmp_path, data, monkeypatch):
     import vivace.data.dataset as dataset
 
     train(config(tmp_path, data, run="first", max_epochs=1))
-    monkeypatch.setattr(dataset, "read_data", lambda source: pytest.fail("parsed a data file again"))
+    monkeypatch.setattr(dataset, "read_data", lambda *args: pytest.fail("parsed a data file again"))
     run = train(config(tmp_path, data, run="second", max_epochs=1))
     assert yaml.safe_load(open(os.path.join(run, "config.yaml")))["model"]["type_names"] == TYPE_NAMES
 
@@ -131,10 +131,13 @@ def test_loss_terms_weights_and_huber(data):
     model = models.EdgeForceModel(models.build_model("allegro", dict(MODEL, avg_num_neighbors=20.0), TYPE_NAMES, "float64"))
     batch = collate(structures)
     pred = predict(model, batch)
-    loss = Loss(1.0, 2.0, 3.0)(pred, batch, LossDenominators.of(structures)).item()
+    scale = 0.7  # errors are measured in units of the energy scale: the loss is dimensionless
+    loss = Loss(1.0, 2.0, 3.0, scale=scale)(pred, batch, LossDenominators.of(structures)).item()
     de = (pred.energy - batch.energy) / batch.num_atoms
-    df, ds = pred.forces - batch.forces, pred.stress - batch.stress
-    expected = (de**2).mean() + 2 * (df**2).mean() + 3 * (ds**2).mean()
+    df = pred.forces - batch.forces
+    volume_per_atom = torch.tensor([f.get_volume() / len(f) for f in frames[:3]], dtype=torch.float64).view(-1, 1, 1)
+    dw = (pred.stress - batch.stress) * volume_per_atom  # the virial per atom
+    expected = ((de**2).mean() + 2 * (df**2).mean() + 3 * (dw**2).mean()) / scale**2
     assert loss == pytest.approx(expected.item(), rel=1e-12)
     # the stress the loss sees is the ASE calculator's stress
     from vivace.calculators import VivaceCalculator
@@ -274,3 +277,34 @@ def test_gradient_clipping_and_isolated_atom_energies(tmp_path, data):
     cfg["model"]["isolated_atom_energies"] = {"Al": -0.5}
     with pytest.raises(ValueError, match=r"no energy for \['Cu'\]"):
         Trainer(load_config(cfg))
+
+
+def test_non_finite_steps_are_skipped_then_stop(tmp_path, data, monkeypatch, capsys):
+    """A non-finite loss never reaches the optimizer, the EMA or a checkpoint; too many in a row stop training."""
+    calls = {"n": 0}
+    real_loss = Loss.__call__
+
+    def poisoned(bad_calls):
+        def call(self, *args):
+            calls["n"] += 1
+            loss = real_loss(self, *args)
+            return loss * float("nan") if bad_calls(calls["n"]) else loss
+        return call
+
+    monkeypatch.setattr(Loss, "__call__", poisoned(lambda n: n in (2, 3)))
+    run = train(config(tmp_path, data, max_epochs=2))  # 3 steps per epoch
+    assert capsys.readouterr().out.count("step skipped") == 2
+    last = load_checkpoint(os.path.join(run, "last.ckpt"))
+    assert last["trainer"]["step"] == 4 and last["trainer"]["skipped_steps"] == 2
+    assert all(s["step"] == 4 for s in last["trainer"]["optimizer"]["state"].values())  # Adam saw 4 steps
+    for weights in (last["state_dict"], last["trainer"]["model"], last["trainer"]["ema"]):
+        assert all(bool(torch.isfinite(v).all()) for v in weights.values() if v.is_floating_point())
+
+    calls["n"] = 0
+    monkeypatch.setattr(Loss, "__call__", poisoned(lambda n: n > 3))
+    with pytest.raises(RuntimeError, match="training stopped: 5 consecutive steps gave a non-finite loss"):
+        train(config(tmp_path, data, run="stops", max_epochs=4, max_skipped_steps=5))
+    last = load_checkpoint(os.path.join(tmp_path, "stops", "last.ckpt"))
+    # epoch 2 skipped all its 3 steps (its weights are epoch 1's); 2 more in epoch 3 made 5 in a row
+    assert last["epoch"] == 2 and last["trainer"]["step"] == 3
+    assert all(bool(torch.isfinite(v).all()) for v in last["state_dict"].values() if v.is_floating_point())

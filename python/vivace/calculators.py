@@ -8,6 +8,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 
 from .data import neighbor_graph
+from .units import unit_style
 
 
 class _EagerBackend:
@@ -17,6 +18,7 @@ class _EagerBackend:
         self.model = EdgeForceModel(model).eval()
         self.type_names = list(spec["type_names"])
         self.r_max = float(spec["hyperparameters"]["r_max"])
+        self.units = spec.get("units", "metal")
 
     def evaluate(self, vectors, edge_index, types, n_local):
         energy, forces = self.model(
@@ -32,6 +34,7 @@ class _ArtifactBackend:
         self.model = _core.Model(path)
         self.type_names = list(self.model.type_names)
         self.r_max = float(self.model.r_max)
+        self.units = self.model.metadata.get("units", "metal")
 
     def evaluate(self, vectors, edge_index, types, n_local):
         return self.model.evaluate(vectors, edge_index, types, n_local)
@@ -73,7 +76,8 @@ def atom_virials(edge_forces: np.ndarray, vectors: np.ndarray, edge_index: np.nd
 
 
 class VivaceCalculator(Calculator):
-    """Energy, forces, stress, per-atom energies and per-atom stresses from a checkpoint or an artifact.
+    """Energy, forces, stress, per-atom energies and per-atom stresses from a checkpoint or an artifact, in
+    ASE's units (eV, eV/A, eV/A^3) whatever LAMMPS units style the model was trained in.
 
     Per-atom stresses (periodic cells) are -W_i / V in Voigt order, W_i the atom's share of the edge virials,
     so they sum to the stress; LAMMPS's compute stress/atom (zero velocities) is -W_i in pressure x volume.
@@ -86,11 +90,13 @@ class VivaceCalculator(Calculator):
         if isinstance(model, str) and not os.path.exists(model):
             raise FileNotFoundError(f"model file '{model}' does not exist")
         self.backend = load_backend(model)
+        self.ev_per_energy_unit = unit_style(self.backend.units).energy_in_ev
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         energies, g, vectors, edge_index = edge_results(atoms, self.backend)
+        energies, g = energies * self.ev_per_energy_unit, g * self.ev_per_energy_unit
         forces = np.zeros((len(atoms), 3))
         np.add.at(forces, edge_index[0], g)
         np.add.at(forces, edge_index[1], -g)

@@ -6,10 +6,12 @@ from typing import Any, Dict, Tuple
 
 import yaml
 
+from .units import STYLES
+
 DEFAULTS: Dict[str, Any] = {
     "run_dir": "runs/vivace",
     "seed": 0,
-    "units": "metal",
+    "units": "metal",  # LAMMPS units style of the model: metal (eV, A) or real (kcal/mol, A); labels are converted into it
     "device": "auto",  # auto (cuda when available) | cpu | cuda
     "data": {
         "train": None,  # path, {path, format, keys, units...} or a list of them (see vivace.data.formats)
@@ -17,6 +19,7 @@ DEFAULTS: Dict[str, Any] = {
         "test": None,  # evaluated with the best model at the end
         "val_fraction": 0.1,
         "cache_dir": "~/.cache/vivace",  # processed graphs; null to rebuild every run
+        "min_distance": 0.5,  # A: a structure with two atoms closer than this is refused, with its file and index
     },
     "model": {
         "kind": "allegro",
@@ -44,7 +47,8 @@ DEFAULTS: Dict[str, Any] = {
         "min_learning_rate": 1.0e-6,
         "warmup_epochs": 0.0,  # linear warm-up, counted in optimizer steps
         "ema_decay": 0.99,  # per step; null for none. Validation, best.ckpt and export use the averaged weights
-        "gradient_clip": 10.0,  # max gradient norm; null for none
+        "gradient_clip": 10.0,  # max gradient norm (of the dimensionless loss); null for none
+        "max_skipped_steps": 10,  # consecutive steps with a non-finite loss or gradient before training stops
         "early_stopping_patience": 50,  # epochs without improvement; null for none
         "monitor": "force_rmse",  # validation metric for best model, plateau and early stopping
         "threads": None,
@@ -71,6 +75,7 @@ NULLABLE_TYPES: Dict[str, Tuple[type, ...]] = {
     "training.init_from": (str,),
 }
 CHOICES = {
+    "units": tuple(STYLES),
     "device": ("auto", "cpu", "cuda"),
     "model.dtype": ("float32", "float64"),
     "model.neighbor_normalization": ("global", "per_type"),

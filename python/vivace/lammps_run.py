@@ -8,11 +8,13 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-NKTV2P_METAL = 1.6021765e6  # LAMMPS metal units: bar per eV/A^3
+from .units import STYLES
+
+NKTV2P_METAL = STYLES["metal"].pressure_per_energy_density  # bar per eV/A^3
 
 
 def _find(program: str) -> str:
@@ -92,57 +94,105 @@ class SinglePoint:
     energy: float
     energies: np.ndarray  # (N,) per-atom energies, in atom-ID order
     forces: np.ndarray  # (N, 3)
-    stress: np.ndarray  # (3, 3), ASE sign, eV/A^3, from the virial alone
-    atom_virials: np.ndarray  # (N, 6) W_i in eV, LAMMPS order xx yy zz xy xz yz (compute stress/atom)
-    centroid_virials: np.ndarray  # (N, 3, 3) W_i in eV (compute centroid/stress/atom)
+    stress: np.ndarray  # (3, 3), ASE sign, energy/A^3, from the virial alone
+    atom_virials: np.ndarray  # (N, 6) W_i in energy units, LAMMPS order xx yy zz xy xz yz (compute stress/atom)
+    centroid_virials: np.ndarray  # (N, 3, 3) W_i in energy units (compute centroid/stress/atom)
     output: str
+
+
+def read_dump(path: str) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(cell, origin, rows) of every snapshot of a `dump custom` text file: the box as ASE cell rows and its
+    lower corner, and the atom rows sorted by their first column (atom ID)."""
+    with open(path) as f:
+        snapshots = f.read().split("ITEM: TIMESTEP")[1:]
+    out = []
+    for snapshot in snapshots:
+        lines = snapshot.strip().splitlines()
+        b = next(k for k, l in enumerate(lines) if l.startswith("ITEM: BOX BOUNDS"))
+        bounds = np.array([[float(v) for v in lines[b + 1 + d].split()] for d in range(3)])
+        xy, xz, yz = bounds[:, 2] if bounds.shape[1] == 3 else (0.0, 0.0, 0.0)
+        # a triclinic dump gives the bounding box of the tilted cell
+        xlo = bounds[0, 0] - min(0.0, xy, xz, xy + xz)
+        xhi = bounds[0, 1] - max(0.0, xy, xz, xy + xz)
+        ylo, yhi = bounds[1, 0] - min(0.0, yz), bounds[1, 1] - max(0.0, yz)
+        zlo, zhi = bounds[2, 0], bounds[2, 1]
+        cell = np.array([[xhi - xlo, 0.0, 0.0], [xy, yhi - ylo, 0.0], [xz, yz, zhi - zlo]])
+        start = next(k for k, l in enumerate(lines) if l.startswith("ITEM: ATOMS")) + 1
+        rows = np.array([[float(v) for v in l.split()] for l in lines[start:] if l.strip()])
+        out.append((cell, np.array([xlo, ylo, zlo]), rows[np.argsort(rows[:, 0])]))
+    return out
 
 
 def read_dump_frames(path: str) -> List[np.ndarray]:
     """Rows of every snapshot of a `dump custom` text file, each sorted by its first column (atom ID)."""
-    with open(path) as f:
-        snapshots = f.read().split("ITEM: TIMESTEP")[1:]
-    frames = []
-    for snapshot in snapshots:
-        lines = snapshot.strip().splitlines()
-        start = next(k for k, l in enumerate(lines) if l.startswith("ITEM: ATOMS")) + 1
-        rows = np.array([[float(v) for v in l.split()] for l in lines[start:] if l.strip()])
-        frames.append(rows[np.argsort(rows[:, 0])])
-    return frames
+    return [rows for _, _, rows in read_dump(path)]
 
 
-def nvt_frames(workdir: str, system: str, elements: Sequence[str], cell, temperature: float, seed: int,
-               frames: int, every: int, equilibrate: int = 400) -> list:
-    """Labelled frames (energy, forces) from Nose-Hoover MD of a classical potential: `system` sets up the
-    box, atoms and pair style; the run equilibrates, then dumps `frames` snapshots `every` 2 fs steps."""
+def deformation_commands(strain: float = 0.0, shear: Sequence[float] = (0.0, 0.0, 0.0)) -> str:
+    """LAMMPS commands that scale the box by 1 + strain along each axis, then tilt it by the shear strains
+    (xy, xz, yz, as fractions of the box lengths), atoms remapped with the box."""
+    lines = [f"change_box all x scale {1 + strain} y scale {1 + strain} z scale {1 + strain} remap"]
+    if any(shear):
+        xy, xz, yz = shear
+        lines += [
+            "change_box all triclinic",
+            f"change_box all xy final $(({xy})*ly) xz final $(({xz})*lz) yz final $(({yz})*lz) remap",
+        ]
+    return "\n".join(lines)
+
+
+def sampled_states(count: int, t_range: Tuple[float, float], max_strain: float = 0.02, max_shear: float = 0.03,
+                   seed: int = 0) -> List[Tuple[float, float, Tuple[float, float, float]]]:
+    """`count` (temperature, linear strain, shear) states for reference MD: strains evenly spread over
+    [-max_strain, max_strain] (volumes -6% to +6% at 0.02), temperatures drawn in t_range, every other
+    state sheared by up to max_shear in xy, xz, yz."""
+    rng = np.random.default_rng(seed)
+    strains = rng.permutation(np.linspace(-max_strain, max_strain, count))
+    states = []
+    for k, strain in enumerate(strains):
+        shear = tuple(rng.uniform(-max_shear, max_shear, 3).round(4)) if k % 2 else (0.0, 0.0, 0.0)
+        states.append((round(float(rng.uniform(*t_range))), round(float(strain), 5), shear))
+    return states
+
+
+def nvt_frames(workdir: str, system: str, elements: Sequence[str], temperature: float, seed: int,
+               frames: int, every: int, equilibrate: int = 400, deform: str = "") -> list:
+    """Labelled frames (energy, forces, stress) from Nose-Hoover MD of a classical potential: `system` sets up
+    the box, atoms and pair style, `deform` (see deformation_commands) strains the box; the run equilibrates,
+    then dumps `frames` snapshots `every` 2 fs steps."""
     script = f"""units metal
 atom_style atomic
 atom_modify map array
 {system}
+{deform}
 compute pe all pe/atom
+compute sa all stress/atom NULL virial
 velocity all create {2 * temperature} {seed} mom yes rot yes dist gaussian
 fix nvt all nvt temp {temperature} {temperature} 0.1
 timestep 0.002
 run {equilibrate}
-dump d all custom {every} frames.dump id type x y z fx fy fz c_pe
+dump d all custom {every} frames.dump id type x y z fx fy fz c_pe c_sa[1] c_sa[2] c_sa[3] c_sa[4] c_sa[5] c_sa[6]
 dump_modify d format float %.17g sort id
 run {frames * every - 1}
 """
     run_lammps(script, workdir)
-    return read_labelled_frames(os.path.join(workdir, "frames.dump"), cell, elements)
+    return read_labelled_frames(os.path.join(workdir, "frames.dump"), elements)
 
 
-def read_labelled_frames(path: str, cell, elements: Sequence[str]) -> list:
-    """ASE frames labelled with energy and forces from a dump of `id type x y z fx fy fz c_pe` (c_pe a compute
-    pe/atom), in a fixed periodic `cell`; `elements` names LAMMPS types 1, 2, ..."""
+def read_labelled_frames(path: str, elements: Sequence[str]) -> list:
+    """ASE frames labelled with energy, forces and stress from a dump of `id type x y z fx fy fz c_pe c_sa[1-6]`
+    (c_pe a compute pe/atom, c_sa a compute stress/atom NULL virial; metal units); `elements` names LAMMPS
+    types 1, 2, ... The stress is sum_i S_i / V: ASE's sign, eV/A^3."""
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
 
     frames = []
-    for rows in read_dump_frames(path):
+    for cell, origin, rows in read_dump(path):
         symbols = [elements[int(t) - 1] for t in rows[:, 1]]
-        atoms = Atoms(symbols, positions=rows[:, 2:5], cell=cell, pbc=True)
-        atoms.calc = SinglePointCalculator(atoms, energy=float(rows[:, 8].sum()), forces=rows[:, 5:8])
+        atoms = Atoms(symbols, positions=rows[:, 2:5] - origin, cell=cell, pbc=True)
+        xx, yy, zz, xy, xz, yz = rows[:, 9:15].sum(0) / (atoms.get_volume() * NKTV2P_METAL)
+        stress = np.array([xx, yy, zz, yz, xz, xy])  # ASE's Voigt order
+        atoms.calc = SinglePointCalculator(atoms, energy=float(rows[:, 8].sum()), forces=rows[:, 5:8], stress=stress)
         frames.append(atoms)
     return frames
 
@@ -163,13 +213,17 @@ def read_thermo(output: str) -> Dict[str, np.ndarray]:
 
 
 def single_point(atoms, pair_lines: str, type_names: Sequence[str], workdir: str, nprocs: int = 1,
-                 processors: Optional[str] = None, ids: Optional[Sequence[int]] = None) -> SinglePoint:
+                 processors: Optional[str] = None, ids: Optional[Sequence[int]] = None, units: str = "metal") -> SinglePoint:
     """Energy, per-atom energies, forces, virial stress and per-atom virials of `atoms` under the given
-    pair_style lines. Per-atom rows are in atom-ID order (`ids`, default 1..N)."""
+    pair_style lines, in LAMMPS `units` (metal or real: lengths in A either way). Per-atom rows are in atom-ID
+    order (`ids`, default 1..N)."""
+    from .units import unit_style
+
+    nktv2p = unit_style(units).pressure_per_energy_density
     os.makedirs(workdir, exist_ok=True)
     write_data(atoms, os.path.join(workdir, "data.lmp"), type_names, ids)
     script = f"""
-units metal
+units {units}
 atom_style atomic
 atom_modify map array
 boundary {' '.join('p' if p else 's' for p in atoms.pbc)}
@@ -196,8 +250,8 @@ print "RESULT $(pe:%.17g) $(c_virial[1]:%.17g) $(c_virial[2]:%.17g) $(c_virial[3
         energy=values[0],
         energies=rows[:, 4],
         forces=rows[:, 1:4],
-        stress=-pressure / NKTV2P_METAL,
-        atom_virials=-rows[:, 5:11] / NKTV2P_METAL,
-        centroid_virials=-rows[:, [11, 14, 15, 17, 12, 16, 18, 19, 13]].reshape(-1, 3, 3) / NKTV2P_METAL,
+        stress=-pressure / nktv2p,
+        atom_virials=-rows[:, 5:11] / nktv2p,
+        centroid_virials=-rows[:, [11, 14, 15, 17, 12, 16, 18, 19, 13]].reshape(-1, 3, 3) / nktv2p,
         output=out,
     )

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .data import Batch, Structure
 from .models import atom_forces
+from .units import unit_style
 
 
 @dataclass
@@ -54,12 +55,19 @@ class LossDenominators:
 
 
 class Loss:
-    """weight_E <rho(dE/N)> + weight_F <rho(dF)> + weight_S <rho(d sigma)>, each a per-configuration-weighted
-    mean; rho is the square (mse) or the Huber function."""
+    """weight_E <rho(dE/N / s)> + weight_F <rho(dF / s)> + weight_S <rho(d sigma V/N / s)>, each a
+    per-configuration-weighted mean; rho is the square (mse) or the Huber function.
 
-    def __init__(self, energy_weight=1.0, force_weight=1.0, stress_weight=1.0, kind="mse", huber_delta=0.01):
+    The stress enters as the virial per atom, d sigma V/N: an energy per atom like the first term, so equal
+    weights give the two the same footing (a stress error of 1 meV/A^3 at 12 A^3 per atom weighs as an
+    energy error of 12 meV/atom). s is the model's energy scale (the training set's force RMS), so the loss is
+    dimensionless: the same data in another energy unit trains to the same model, gradient clipping and
+    huber_delta included.
+    """
+
+    def __init__(self, energy_weight=1.0, force_weight=1.0, stress_weight=1.0, kind="mse", huber_delta=0.01, scale=1.0):
         self.weights = (float(energy_weight), float(force_weight), float(stress_weight))
-        self.kind, self.delta = kind, float(huber_delta)
+        self.kind, self.delta, self.scale = kind, float(huber_delta), float(scale)
 
     def rho(self, error: torch.Tensor) -> torch.Tensor:
         if self.kind == "huber":
@@ -68,13 +76,15 @@ class Loss:
 
     def __call__(self, pred: Prediction, batch: Batch, denominators: LossDenominators) -> torch.Tensor:
         w_e, w_f, w_s = self.weights
-        energy_error = (pred.energy - batch.energy) / batch.num_atoms
+        s = self.scale
+        energy_error = (pred.energy - batch.energy) / batch.num_atoms / s
         loss = w_e * (batch.weight * self.rho(energy_error)).sum() / denominators.energy
         atom_weight = batch.weight[batch.graph_of_node]
-        loss = loss + w_f * (atom_weight * self.rho(pred.forces - batch.forces).sum(-1)).sum() / denominators.forces
+        loss = loss + w_f * (atom_weight * self.rho((pred.forces - batch.forces) / s).sum(-1)).sum() / denominators.forces
         if w_s > 0 and bool(batch.has_stress.any()):
             mask = batch.has_stress
-            stress_error = self.rho(pred.stress[mask] - batch.stress[mask]).sum((-1, -2))
+            volume_per_atom = (batch.volume[mask] / batch.num_atoms[mask]).view(-1, 1, 1)
+            stress_error = self.rho((pred.stress[mask] - batch.stress[mask]) * volume_per_atom / s).sum((-1, -2))
             loss = loss + w_s * (batch.weight[mask] * stress_error).sum() / denominators.stress
         return loss
 
@@ -84,10 +94,12 @@ METRICS = ("energy", "total_energy", "force", "stress")
 
 class ErrorSums:
     """Running sums of absolute and squared errors (energy per atom, total energy, force and stress components),
-    to be added across batches and processes; `metrics()` gives MAE and RMSE in milli-units."""
+    to be added across batches and processes; `metrics()` gives MAE and RMSE in meV units whatever the model's
+    units style."""
 
-    def __init__(self, device=None):
+    def __init__(self, device=None, units: str = "metal"):
         self.sums = torch.zeros(len(METRICS), 3, dtype=torch.float64, device=device)  # sum |e|, sum e^2, count
+        self.mev_per_unit = 1000 * unit_style(units).energy_in_ev
 
     def add(self, pred: Prediction, batch: Batch) -> None:
         errors = [
@@ -105,8 +117,8 @@ class ErrorSums:
         out = {}
         for k, name in enumerate(METRICS):
             abs_sum, sq_sum, n = self.sums[k].tolist()
-            out[f"{name}_mae"] = 1000 * abs_sum / n if n else float("nan")
-            out[f"{name}_rmse"] = 1000 * (sq_sum / n) ** 0.5 if n else float("nan")
+            out[f"{name}_mae"] = self.mev_per_unit * abs_sum / n if n else float("nan")
+            out[f"{name}_rmse"] = self.mev_per_unit * (sq_sum / n) ** 0.5 if n else float("nan")
         return out
 
 
@@ -123,10 +135,15 @@ def predictions(
 
 
 def evaluate_structures(
-    edge_force_model, structures: Sequence[Structure], batch_size: int = 8, device: Optional[torch.device] = None
+    edge_force_model,
+    structures: Sequence[Structure],
+    batch_size: int = 8,
+    device: Optional[torch.device] = None,
+    units: str = "metal",
 ) -> ErrorSums:
-    """Error sums of a model (an EdgeForceModel, or any callable with its signature) over labelled structures."""
-    sums = ErrorSums(device)
+    """Error sums of a model (an EdgeForceModel, or any callable with its signature) over labelled structures
+    (labels in the model's `units`)."""
+    sums = ErrorSums(device, units)
     for pred, batch in predictions(edge_force_model, structures, batch_size, device):
         sums.add(pred, batch)
     return sums

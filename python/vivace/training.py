@@ -78,6 +78,10 @@ class Trainer:
             self.spec = init["model"]
         else:
             self.spec = model_spec(config, self.train_set, self.type_names)
+        if self.spec["units"] != config["units"]:
+            raise ValueError(
+                f"the checkpoint's model is in units '{self.spec['units']}' but the config says units '{config['units']}'"
+            )
         self.model = build_model(self.spec["kind"], self.spec["hyperparameters"], self.type_names, self.spec["dtype"])
         if init is not None:
             self.model.load_state_dict(init["state_dict"])
@@ -89,9 +93,13 @@ class Trainer:
         self.train_module = EdgeForceModel(self.model, create_graph=True)
         if self.world > 1:
             self.train_module = DistributedDataParallel(self.train_module)
-        self.loss = Loss(tcfg["energy_weight"], tcfg["force_weight"], tcfg["stress_weight"], tcfg["loss"], tcfg["huber_delta"])
+        self.loss = Loss(
+            tcfg["energy_weight"], tcfg["force_weight"], tcfg["stress_weight"], tcfg["loss"], tcfg["huber_delta"],
+            scale=float(np.mean(self.spec["hyperparameters"]["energy_scale"])),
+        )
         self._make_optimizer()
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
+        self.skipped_steps, self.skipped_in_a_row = 0, 0
         self.best, self.best_epoch, self.bad_epochs = math.inf, 0, 0
         self.rng = np.random.default_rng(config["seed"])
         if last is not None:
@@ -103,7 +111,11 @@ class Trainer:
         cache = os.path.expanduser(dcfg["cache_dir"]) if dcfg["cache_dir"] else None
         hyper = checkpoint["model"]["hyperparameters"] if checkpoint is not None else cfg["model"]
         r_max, cutoffs = float(hyper["r_max"]), hyper.get("edge_type_cutoffs")
-        graphs = {key: load_graphs(dcfg[key], r_max, cache) for key in ("train", "validation", "test") if dcfg[key]}
+        graphs = {
+            key: load_graphs(dcfg[key], r_max, cache, cfg["units"], dcfg["min_distance"])
+            for key in ("train", "validation", "test")
+            if dcfg[key]
+        }
         if checkpoint is not None:
             self.type_names = list(checkpoint["model"]["type_names"])
         else:
@@ -173,6 +185,7 @@ class Trainer:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
+            "skipped_steps": self.skipped_steps,
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
         }
@@ -188,6 +201,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         for key in ("epoch", "step", "elapsed", "best", "best_epoch", "bad_epochs"):
             setattr(self, key, state[key])
+        self.skipped_steps = state.get("skipped_steps", 0)
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
 
@@ -195,6 +209,9 @@ class Trainer:
         if self.rank != 0:
             return
         weights = (self.ema.module if self.ema is not None else self.model).state_dict()
+        broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:  # unreachable while non-finite steps are skipped; a checkpoint must never carry them
+            raise RuntimeError(f"refusing to write a checkpoint with non-finite weights ({', '.join(broken[:3])})")
         payload = {"model": self.spec, "state_dict": weights, "epoch": self.epoch, "metrics": metrics, "config": self.config}
         save_checkpoint(os.path.join(self.run_dir, LAST), {**payload, "trainer": self._state()})
         if best:
@@ -219,8 +236,15 @@ class Trainer:
             loss = self.loss(predict(self.train_module, batch), batch, LossDenominators.of(global_batch))
             self.optimizer.zero_grad(set_to_none=True)
             (scale * loss).backward()
-            if self.tcfg["gradient_clip"]:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.tcfg["gradient_clip"]))
+            clip = self.tcfg["gradient_clip"]
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip) if clip else math.inf)
+            if distributed.any_true(not (bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm)))):
+                self._skip_step(float(loss), float(grad_norm))
+                bar.update()
+                if distributed.any_true(time.monotonic() > deadline):
+                    break
+                continue
+            self.skipped_in_a_row = 0
             self.optimizer.step()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
@@ -233,11 +257,30 @@ class Trainer:
             if distributed.any_true(time.monotonic() > deadline):
                 break
         bar.close()
-        return float(distributed.sum_tensor(loss_sum)) / max(steps, 1)
+        return float(distributed.sum_tensor(loss_sum)) / steps if steps else math.nan
+
+    def _skip_step(self, loss: float, grad_norm: float) -> None:
+        """A step whose loss or gradient is not finite never reaches the optimizer, the EMA or a checkpoint."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.skipped_in_a_row += 1
+        limit = self.tcfg["max_skipped_steps"]
+        if self.rank == 0:
+            print(
+                f"vivace train: epoch {self.epoch + 1}, step {self.step + 1}: non-finite loss ({loss}) or gradient norm "
+                f"({grad_norm}); step skipped ({self.skipped_in_a_row} in a row, {self.skipped_steps} in all)",
+                flush=True,
+            )
+        if self.skipped_in_a_row >= limit:
+            raise RuntimeError(
+                f"training stopped: {self.skipped_in_a_row} consecutive steps gave a non-finite loss or gradient "
+                f"(training.max_skipped_steps = {limit}); the weights and last.ckpt are from before them. "
+                "Lower training.learning_rate, set training.gradient_clip, or check the data for outliers"
+            )
 
     def _validate(self) -> Dict[str, float]:
         subset = self.val_set if self.val_set else self.train_set
-        sums = evaluate_structures(self.eval_model, subset[self.rank :: self.world], device=self.device)
+        sums = evaluate_structures(self.eval_model, subset[self.rank :: self.world], device=self.device, units=self.spec["units"])
         sums.sums = distributed.sum_tensor(sums.sums)
         return sums.metrics()
 

@@ -15,7 +15,9 @@ from ase.data import atomic_numbers, chemical_symbols
 from .formats import Frame, read_data, sources
 from .graph import neighbor_graph
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+# Atoms closer than this (A) are taken for a broken structure (duplicated atoms, wrong units), not data.
+MIN_DISTANCE = 0.5
 
 
 @dataclass
@@ -92,9 +94,11 @@ class Graphs:
         self.arrays = {k: arrays[k] for k in self.FIELDS}
 
     @classmethod
-    def of_frames(cls, frames: Sequence[Union[Frame, Atoms]], r_max: float) -> "Graphs":
+    def of_frames(cls, frames: Sequence[Union[Frame, Atoms]], r_max: float, min_distance: float = MIN_DISTANCE) -> "Graphs":
         frames = [Frame.from_atoms(f) if isinstance(f, Atoms) else f for f in frames]
         graphs = [neighbor_graph(f.positions, f.cell, f.pbc, r_max) for f in frames]
+        for k, (f, (edge_index, shifts)) in enumerate(zip(frames, graphs)):
+            _check_distances(f, edge_index, shifts, min_distance, f.where or f"structure {k}")
         nan33 = np.full((3, 3), np.nan)
         return cls(
             {
@@ -164,6 +168,19 @@ class Graphs:
         return out
 
 
+def _check_distances(frame: Frame, edge_index: np.ndarray, shifts: np.ndarray, min_distance: float, where: str) -> None:
+    if edge_index.shape[1] == 0 or not min_distance:
+        return
+    lengths = np.linalg.norm(frame.positions[edge_index[1]] - frame.positions[edge_index[0]] + shifts, axis=1)
+    e = int(np.argmin(lengths))
+    if lengths[e] < min_distance:
+        i, j = edge_index[:, e]
+        raise ValueError(
+            f"{where}: atoms {i} and {j} are {lengths[e]:.4g} A apart, closer than the minimum distance "
+            f"{min_distance} A (data.min_distance); duplicated atoms or wrong length units?"
+        )
+
+
 def structures_from_frames(
     frames: Sequence[Union[Frame, Atoms]], type_names: Sequence[str], r_max: float, r_cut: Optional[np.ndarray] = None
 ) -> List[Structure]:
@@ -171,28 +188,30 @@ def structures_from_frames(
     return Graphs.of_frames(frames, r_max).structures(type_names, r_cut)
 
 
-def _cache_key(source, r_max: float) -> str:
+def _cache_key(source, r_max: float, units: str, min_distance: float) -> str:
     described = []
-    for s in sources(source):
+    for s in sources(source, units):
         stats = [(os.path.abspath(f), os.path.getsize(f), os.path.getmtime(f)) for f in s.files() if os.path.exists(f)]
         described.append({"spec": {k: str(v) for k, v in s.spec.items()}, "files": stats})
-    blob = json.dumps([CACHE_VERSION, described, float(r_max)], sort_keys=True)
+    blob = json.dumps([CACHE_VERSION, described, float(r_max), units, float(min_distance)], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:20]
 
 
-def load_graphs(source, r_max: float, cache_dir: Optional[str] = None) -> Graphs:
-    """Graphs of a data source within r_max, from `cache_dir` when the same files were processed with the same
-    r_max before; otherwise read, built and stored there (one npz per source list)."""
+def load_graphs(
+    source, r_max: float, cache_dir: Optional[str] = None, units: str = "metal", min_distance: float = MIN_DISTANCE
+) -> Graphs:
+    """Graphs of a data source within r_max, labels in LAMMPS `units`, from `cache_dir` when the same files
+    were processed with the same settings before; otherwise read, built and stored there (one npz per source list)."""
     if not cache_dir:
-        return Graphs.of_frames(read_data(source), r_max)
-    path = os.path.join(cache_dir, f"graphs-{_cache_key(source, r_max)}.npz")
+        return Graphs.of_frames(read_data(source, units), r_max, min_distance)
+    path = os.path.join(cache_dir, f"graphs-{_cache_key(source, r_max, units, min_distance)}.npz")
     if os.path.isfile(path):
         try:
             with np.load(path) as f:
                 return Graphs(dict(f))
         except Exception:  # a damaged or outdated cache file is rebuilt, never trusted
             pass
-    graphs = Graphs.of_frames(read_data(source), r_max)
+    graphs = Graphs.of_frames(read_data(source, units), r_max, min_distance)
     os.makedirs(cache_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".tmp-", suffix=".npz")
     with os.fdopen(fd, "wb") as f:
@@ -207,9 +226,10 @@ def load_structures(
     r_max: float,
     r_cut: Optional[np.ndarray] = None,
     cache_dir: Optional[str] = None,
+    units: str = "metal",
 ) -> List[Structure]:
     """`load_graphs` typed by `type_names` and cut by the per-edge-type cutoffs r_cut."""
-    return load_graphs(source, r_max, cache_dir).structures(type_names, r_cut)
+    return load_graphs(source, r_max, cache_dir, units).structures(type_names, r_cut)
 
 
 def collate(structures: Sequence[Structure]) -> Batch:

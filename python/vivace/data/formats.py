@@ -1,9 +1,10 @@
 """Reading labelled structures from ASE-readable files, rMD17-style npz files and DeePMD npy folders.
 
-Every reader returns `Frame`s in vivace's conventions (metal units):
-- energy: total energy of the configuration, eV;
-- forces: F = -dE/dx, eV/A;
-- stress: sigma = (1/V) dE/d(strain), the ASE sign (positive under tension), eV/A^3, 3x3.
+Every reader returns `Frame`s in vivace's conventions, in the LAMMPS units style asked for (`units`: metal by
+default, or real; see vivace.units), whatever units the file stores (the source options say which):
+- energy: total energy of the configuration (eV in metal, kcal/mol in real);
+- forces: F = -dE/dx, energy/A;
+- stress: sigma = (1/V) dE/d(strain), the ASE sign (positive under tension), energy/A^3, 3x3.
   Files that store a pressure-like stress (positive under compression: VASP, LAMMPS's pressure tensor) say
   `stress_sign: pressure`. A virial W = -V sigma in energy units (DeePMD's virial.npy) is converted to stress.
 - weight: a per-configuration weight on every loss term of that structure (default 1).
@@ -20,7 +21,17 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 
-ENERGY_UNITS = {"eV": 1.0, "meV": 1e-3, "kcal/mol": 0.0433641, "kJ/mol": 0.0103642688, "Hartree": 27.211386, "Ry": 13.605693}
+from ..units import KCAL_PER_MOL_PER_EV, unit_style
+
+# Each unit in eV (or A, or eV/A^3).
+ENERGY_UNITS = {
+    "eV": 1.0,
+    "meV": 1e-3,
+    "kcal/mol": 1.0 / KCAL_PER_MOL_PER_EV,
+    "kJ/mol": 4.184 / KCAL_PER_MOL_PER_EV,
+    "Hartree": 27.211386245988,
+    "Ry": 13.605693122994,
+}
 LENGTH_UNITS = {"A": 1.0, "Angstrom": 1.0, "Bohr": 0.529177211, "nm": 10.0}
 STRESS_UNITS = {"eV/A^3": 1.0, "GPa": 1 / 160.21766, "kbar": 0.1 / 160.21766, "bar": 1e-4 / 160.21766}
 
@@ -49,6 +60,7 @@ class Frame:
     forces: Optional[np.ndarray] = None
     stress: Optional[np.ndarray] = None  # (3, 3)
     weight: float = 1.0
+    where: str = ""  # file and frame index, for error messages
 
     @classmethod
     def from_atoms(cls, atoms: Atoms) -> "Frame":
@@ -59,7 +71,8 @@ class Frame:
 class _Source:
     """One data source with its options checked and defaults filled in."""
 
-    def __init__(self, spec: Union[str, Dict[str, Any]]):
+    def __init__(self, spec: Union[str, Dict[str, Any]], units: str = "metal"):
+        style = unit_style(units)
         spec = {"path": spec} if isinstance(spec, (str, os.PathLike)) else dict(spec)
         unknown = sorted(set(spec) - set(SOURCE_KEYS))
         if unknown:
@@ -74,9 +87,11 @@ class _Source:
         if self.format not in ("ase", "rmd17", "npz", "deepmd"):
             raise ValueError(f"unknown data format '{self.format}' (known: auto, ase, rmd17, npz, deepmd)")
         energy_unit = self.spec["energy_unit"] or ("kcal/mol" if self.format == "rmd17" else "eV")
-        self.energy_factor = _factor(ENERGY_UNITS, energy_unit, "energy_unit")
+        # into `units`: both supported styles measure length in A, so only energies change
+        self.energy_factor = _factor(ENERGY_UNITS, energy_unit, "energy_unit") / style.energy_in_ev
         self.length_factor = _factor(LENGTH_UNITS, self.spec["length_unit"], "length_unit")
-        self.stress_factor = _factor(STRESS_UNITS, self.spec["stress_unit"], "stress_unit")
+        self.stress_factor = _factor(STRESS_UNITS, self.spec["stress_unit"], "stress_unit") / style.energy_in_ev
+        self.units = units
         if self.spec["stress_sign"] not in ("ase", "pressure"):
             raise ValueError(f"stress_sign must be 'ase' or 'pressure', not '{self.spec['stress_sign']}'")
         if self.spec["stress_sign"] == "pressure":
@@ -96,8 +111,7 @@ class _Source:
         return [self.path]
 
     def describe(self) -> str:
-        units = f"energy x{self.energy_factor:g}" if self.energy_factor != 1.0 else "eV"
-        return f"{self.path} ({self.format}, {units})"
+        return f"{self.path} ({self.format}, energies x{self.energy_factor:g} into units {self.units})"
 
 
 def _factor(table: Dict[str, float], name: str, key: str) -> float:
@@ -126,19 +140,19 @@ def _detect_format(path: str) -> str:
     return "ase"
 
 
-def read_data(source: Union[str, Dict[str, Any], Sequence]) -> List[Frame]:
-    """All frames of a data source (a path, a mapping with options, or a list of those)."""
+def read_data(source: Union[str, Dict[str, Any], Sequence], units: str = "metal") -> List[Frame]:
+    """All frames of a data source (a path, a mapping with options, or a list of those), in LAMMPS `units`."""
     frames: List[Frame] = []
-    for s in sources(source):
+    for s in sources(source, units):
         frames.extend(_READERS[s.format](s))
     return frames
 
 
-def sources(source) -> List[_Source]:
+def sources(source, units: str = "metal") -> List[_Source]:
     items = source if isinstance(source, (list, tuple)) else [source]
     if not items:
         raise ValueError("an empty list of data sources")
-    return [item if isinstance(item, _Source) else _Source(item) for item in items]
+    return [item if isinstance(item, _Source) else _Source(item, units) for item in items]
 
 
 def _stress_tensor(value, where: str) -> np.ndarray:
@@ -152,13 +166,12 @@ def _stress_tensor(value, where: str) -> np.ndarray:
 
 
 def _finish(frame: Frame, source: _Source, virial, where: str) -> Frame:
-    """Unit conversion, and stress from a virial, in place."""
+    """Unit conversion, stress from a virial, and refusal of non-finite numbers, in place."""
+    frame.where = where
     frame.positions = frame.positions * source.length_factor
     frame.cell = frame.cell * source.length_factor
     if frame.energy is not None:
         frame.energy = float(frame.energy) * source.energy_factor
-        if not np.isfinite(frame.energy):
-            raise ValueError(f"{where}: the energy is not finite")
     if frame.forces is not None:
         frame.forces = np.asarray(frame.forces, dtype=np.float64).reshape(-1, 3) * (source.energy_factor / source.length_factor)
         if frame.forces.shape[0] != len(frame.symbols):
@@ -170,8 +183,10 @@ def _finish(frame: Frame, source: _Source, virial, where: str) -> Frame:
         if volume < 1e-12:
             raise ValueError(f"{where}: a virial needs a periodic cell with a volume")
         frame.stress = -_stress_tensor(virial, where) * source.energy_factor / volume
-    if not np.all(np.isfinite(frame.positions)):
-        raise ValueError(f"{where}: positions contain NaN or infinity")
+    for name in ("positions", "cell", "energy", "forces", "stress"):
+        value = getattr(frame, name)
+        if value is not None and not np.all(np.isfinite(value)):
+            raise ValueError(f"{where}: the {name} contain NaN or infinity" if name != "energy" else f"{where}: the energy is not finite")
     return frame
 
 

@@ -11,6 +11,7 @@ from ..nn import BesselBasis, PolynomialCutoff
 
 from ..nn.scatter import scatter_sum
 from ..nn.zbl import ZBL
+from ..units import unit_style
 from .scale_shift import PerSpeciesScaleShift
 
 CutoffSpec = Dict[str, Union[float, Dict[str, float]]]
@@ -133,6 +134,7 @@ class EnergyHead(nn.Module):
         units: str,
     ):
         super().__init__()
+        unit_style(units)  # refuses a style vivace does not support, by name
         self.scale_shift = PerSpeciesScaleShift(len(type_names), energy_scale, energy_shift)
         self.zbl = None
         if zbl:

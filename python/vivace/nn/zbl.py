@@ -12,8 +12,8 @@ from typing import List
 import torch
 from torch import nn
 
-# e^2 / (4 pi eps0) in energy x length for each LAMMPS units style vivace supports.
-COULOMB_CONSTANT = {"metal": 14.399645478425668, "real": 332.06371330062}
+from ..units import unit_style
+
 BOHR_SCREENING = 0.46850  # Angstrom
 PHI_COEFFICIENTS = (0.18175, 0.50986, 0.28022, 0.02817)
 PHI_EXPONENTS = (3.19980, 0.94229, 0.40290, 0.20162)
@@ -22,9 +22,7 @@ PHI_EXPONENTS = (3.19980, 0.94229, 0.40290, 0.20162)
 class ZBL(nn.Module):
     def __init__(self, atomic_numbers: List[int], units: str = "metal"):
         super().__init__()
-        if units not in COULOMB_CONSTANT:
-            raise ValueError(f"ZBL repulsion supports units {sorted(COULOMB_CONSTANT)}, not '{units}'")
-        self.coulomb = COULOMB_CONSTANT[units]
+        self.coulomb = unit_style(units).coulomb_constant  # e^2 / (4 pi eps0) in the model's energy x A
         self.screening = BOHR_SCREENING
         self.register_buffer("z", torch.tensor(atomic_numbers, dtype=torch.float64))
         self.register_buffer("phi_c", torch.tensor(PHI_COEFFICIENTS, dtype=torch.float64))
