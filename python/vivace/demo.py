@@ -146,6 +146,7 @@ run {steps}
 
 
 def main(out: str = "demo_output", minutes: float = 4.0):
+    from .checkpoint import load_checkpoint
     from .export import export
     from .training import train
 
@@ -156,7 +157,8 @@ def main(out: str = "demo_output", minutes: float = 4.0):
     print("== 1/4 reference data: EAM copper (Cu_u3.eam) NVT MD in LAMMPS", flush=True)
     n_train, n_test = make_data(out)
     timings["data"] = time.monotonic() - t0
-    print(f"   {n_train} training frames (300-1200 K, strained), {n_test} unseen test frames (900 K)", flush=True)
+    print(f"   {n_train} training frames (100-1300 K, volumes -6% to +6%, half of them sheared; energies, forces, "
+          f"stresses), {n_test} unseen test frames (3 other states)", flush=True)
 
     print(f"== 2/4 training Allegro for {minutes:g} min", flush=True)
     t = time.monotonic()
@@ -186,6 +188,10 @@ def main(out: str = "demo_output", minutes: float = 4.0):
     print("vivace demo results")
     print(f"  force error on {n_test} unseen EAM frames: MAE {f_mae:.1f} meV/A, RMSE {f_rmse:.1f} meV/A")
     print(f"  energy error on unseen frames: MAE {e_mae:.2f} meV/atom")
+    best = load_checkpoint(os.path.join(run_dir, "best.ckpt"))
+    v = best["metrics"]
+    print(f"  validation set (best epoch {best['epoch']}): energy MAE {v['energy_mae']:.2f} meV/atom, force MAE "
+          f"{v['force_mae']:.1f} meV/A, stress MAE {v['stress_mae']:.2f} meV/A^3")
     (a_model, b_model), (a_ref, b_ref) = eos["model"], eos["EAM"]
     print(f"  lattice constant (0 K): model {a_model:.4f} A, EAM {a_ref:.4f} A ({100 * (a_model / a_ref - 1):+.2f}%)")
     print(f"  bulk modulus: model {b_model:.1f} GPa, EAM {b_ref:.1f} GPa ({100 * (b_model / b_ref - 1):+.1f}%)")
