@@ -1,0 +1,46 @@
+"""Reference data from a classical potential in LAMMPS: frames of strained and sheared boxes, labelled with
+energy, forces and stress, checked against separate single points and a finite strain difference."""
+
+import numpy as np
+import pytest
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from vivace.lammps_run import deformation_commands, nvt_frames, sampled_states, single_point, wheel_potential
+
+EAM = f"pair_style eam\npair_coeff 1 1 {wheel_potential('Cu_u3.eam')}"
+SYSTEM = f"lattice fcc 3.615\nregion box block 0 3 0 3 0 3\ncreate_box 1 box\ncreate_atoms 1 box\nmass 1 63.546\n{EAM}"
+
+
+def test_sampled_states_cover_volumes_and_shears():
+    states = sampled_states(12, (100, 1300), max_strain=0.02, max_shear=0.03, seed=0)
+    volumes = [(1 + strain) ** 3 - 1 for _, strain, _ in states]
+    assert min(volumes) < -0.04 and max(volumes) > 0.04
+    assert sum(any(shear) for _, _, shear in states) == 6
+    assert all(100 <= t <= 1300 for t, _, _ in states)
+
+
+def test_sheared_frames_have_the_potentials_energy_forces_and_stress(tmp_path):
+    frames = nvt_frames(str(tmp_path / "md"), SYSTEM, ["Cu"], 600, 3, 2, 20, equilibrate=50,
+                        deform=deformation_commands(0.015, (0.02, -0.03, 0.01)))
+    atoms = frames[-1]
+    assert abs(atoms.cell.angles() - 90).max() > 0.5  # really triclinic
+    assert abs(atoms.get_volume() / (3 * 3.615) ** 3 - 1.015**3) < 1e-9
+    point = single_point(atoms, EAM, ["Cu"], str(tmp_path / "sp"))
+    assert point.energy == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
+    np.testing.assert_allclose(point.forces, atoms.get_forces(), atol=1e-9)
+
+    # sigma = (1/V) dE/d(strain), the ASE sign, by central differences of LAMMPS energies
+    h, volume = 1e-5, atoms.get_volume()
+    stress = np.zeros((3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            energies = []
+            for sign in (1, -1):
+                strain = np.zeros((3, 3))
+                strain[a, b] = strain[b, a] = sign * h / 2 if a != b else sign * h
+                strained = atoms.copy()
+                strained.set_cell(atoms.cell.array @ (np.eye(3) + strain), scale_atoms=True)
+                energies.append(single_point(strained, EAM, ["Cu"], str(tmp_path / "fd")).energy)
+            stress[a, b] = stress[b, a] = (energies[0] - energies[1]) / (2 * h) / volume
+    np.testing.assert_allclose(atoms.get_stress(), full_3x3_to_voigt_6_stress(stress), atol=2e-7)
+    assert np.abs(atoms.get_stress()).max() > 1e-3
