@@ -83,6 +83,24 @@ training: {{max_epochs: 1000, max_minutes: {args.minutes}, batch_size: 2, learni
     artifact = f"alcu_{args.kind}.{args.format}"
     subprocess.run(vivace + ["export", f"model_data/run_{args.kind}/best.ckpt", "-o", artifact], check=True)
     print(f"wrote {artifact}")
+    if args.kind == "allegro":
+        npt_check(artifact)
+
+
+def npt_check(artifact):
+    """in.npt (Cu, 300 K, 0 bar) with the model and with the reference EAM: the mean lattice constants."""
+    from vivace.lammps_run import run_lammps
+
+    with open("in.npt") as f:
+        script = f.read()
+    found = {}
+    for name, variables in (("model", {"model": os.path.abspath(artifact)}),
+                            ("EAM", {"model": wheel_potential("AlCu.eam.alloy"), "pair_style": "eam/alloy"})):
+        text = "".join(f"variable {k} index {v}\n" for k, v in variables.items()) + script
+        output = run_lammps(text, f"model_data/npt_{name}", env={**os.environ, "OMP_NUM_THREADS": "2"})
+        found[name] = float(output.split("mean over the last 1000 steps: a = ")[1].split()[0])
+    print(f"NPT at 300 K, 0 bar (in.npt): lattice constant {found['model']:.4f} A with the model, "
+          f"{found['EAM']:.4f} A with AlCu.eam.alloy ({100 * (found['model'] / found['EAM'] - 1):+.2f}%)")
 
 
 if __name__ == "__main__":
