@@ -240,19 +240,16 @@ class Trainer:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip) if clip else math.inf)
             if distributed.any_true(not (bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm)))):
                 self._skip_step(float(loss), float(grad_norm))
-                bar.update()
-                if distributed.any_true(time.monotonic() > deadline):
-                    break
-                continue
-            self.skipped_in_a_row = 0
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            self.step += 1
-            if self.warmup is not None and self.step <= self.warmup_steps:
-                self.warmup.step()
-            loss_sum += (scale / self.world) * loss.detach().cpu()
-            steps += 1
+            else:
+                self.skipped_in_a_row = 0
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+                self.step += 1
+                if self.warmup is not None and self.step <= self.warmup_steps:
+                    self.warmup.step()
+                loss_sum += (scale / self.world) * loss.detach().cpu()
+                steps += 1
             bar.update()
             if distributed.any_true(time.monotonic() > deadline):
                 break
