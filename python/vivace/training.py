@@ -239,7 +239,7 @@ class Trainer:
             clip = self.tcfg["gradient_clip"]
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip) if clip else math.inf)
             if distributed.any_true(not (bool(torch.isfinite(loss)) and bool(torch.isfinite(grad_norm)))):
-                self._skip_step(float(loss), float(grad_norm))
+                self._skip_step(float(loss.detach()), float(grad_norm))
             else:
                 self.skipped_in_a_row = 0
                 self.optimizer.step()
