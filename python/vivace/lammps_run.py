@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .units import STYLES
+from .units import STYLES, unit_style
 
 NKTV2P_METAL = STYLES["metal"].pressure_per_energy_density  # bar per eV/A^3
 
@@ -150,7 +150,7 @@ def sampled_states(count: int, t_range: Tuple[float, float], max_strain: float =
     strains = rng.permutation(np.linspace(-max_strain, max_strain, count))
     states = []
     for k, strain in enumerate(strains):
-        shear = tuple(rng.uniform(-max_shear, max_shear, 3).round(4)) if k % 2 else (0.0, 0.0, 0.0)
+        shear = tuple(float(v) for v in rng.uniform(-max_shear, max_shear, 3).round(4)) if k % 2 else (0.0, 0.0, 0.0)
         states.append((round(float(rng.uniform(*t_range))), round(float(strain), 5), shear))
     return states
 
@@ -217,8 +217,6 @@ def single_point(atoms, pair_lines: str, type_names: Sequence[str], workdir: str
     """Energy, per-atom energies, forces, virial stress and per-atom virials of `atoms` under the given
     pair_style lines, in LAMMPS `units` (metal or real: lengths in A either way). Per-atom rows are in atom-ID
     order (`ids`, default 1..N)."""
-    from .units import unit_style
-
     nktv2p = unit_style(units).pressure_per_energy_density
     os.makedirs(workdir, exist_ok=True)
     write_data(atoms, os.path.join(workdir, "data.lmp"), type_names, ids)
