@@ -104,9 +104,11 @@ run {steps}
 def python_case(artifact, atoms, repeats):
     import torch
 
+    from vivace import _core
     from vivace.calculators import VivaceCalculator
 
     torch.set_num_threads(2)
+    _core.keep_freed_memory_for_reuse()  # as the pair style does, so both sides use the same allocator
     atoms = atoms.copy()
     atoms.calc = VivaceCalculator(artifact)
     rng = np.random.default_rng(0)

@@ -101,6 +101,10 @@ def worker(args) -> dict:
     vectors = atoms.positions[edge_index[1]] - atoms.positions[edge_index[0]] + shifts
     types = np.array([TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()], dtype=np.int64)
     backend = load_backend(args.artifact if args.mode == "compiled" else args.checkpoint)
+    if args.mode == "compiled":
+        from vivace import _core
+
+        _core.keep_freed_memory_for_reuse()  # as the LAMMPS pair style does
     if args.mode == "eager":
         for p in backend.model.parameters():
             p.requires_grad_(False)

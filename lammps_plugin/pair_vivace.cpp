@@ -71,21 +71,47 @@ void PairVivace::settings(int narg, char **arg) {
   }
 }
 
-// A CUDA artifact runs on the GPU numbered by this rank's node-local rank within `world` (modulo the count).
-int PairVivace::choose_device(const std::string &device) {
-  if (device != "cuda") return -1;
-  const int count = vivace::cuda_device_count();
-  if (count == 0)
-    error->one(FLERR,
-               "pair_style {}: the model was exported for cuda, but this torch sees no CUDA device (CPU-only "
-               "torch or no GPU on this node); export it again with --device cpu",
-               kind);
+// This rank's index among the ranks of `world` on the same node (collective over world).
+int PairVivace::node_local_rank() {
   MPI_Comm node;
   MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
   int node_rank = 0;
   MPI_Comm_rank(node, &node_rank);
   MPI_Comm_free(&node);
-  return node_rank % count;
+  return node_rank;
+}
+
+// Every rank loads its own copy. A failure on some ranks only (a file missing on one node, a GPU out of
+// memory) stops the run from those ranks; a failure everywhere is reported once.
+void PairVivace::load_model(const std::string &path) {
+  const int node_rank = node_local_rank();
+  std::string failure;
+  try {
+    const auto found = vivace::Model::read_metadata(path);
+    if (found.model_kind != kind)
+      throw vivace::Error(fmt::format("{} holds a '{}' model; use pair_style {}", path, found.model_kind, found.model_kind));
+    device_index = -1;
+    if (found.device == "cuda") {  // the GPU numbered by this rank's node-local rank (modulo the count)
+      const int count = vivace::cuda_device_count();
+      if (count == 0)
+        throw vivace::Error("the model was exported for cuda, but this torch sees no CUDA device (CPU-only torch "
+                            "or no GPU on this node); export it again with --device cpu");
+      device_index = preferred_cuda_device >= 0 ? preferred_cuda_device : node_rank % count;
+    } else {
+      vivace::keep_freed_memory_for_reuse();
+    }
+    model = std::make_unique<vivace::Model>(path, device_index);
+    if (requested_chunk >= 0) model->set_edges_per_group(requested_chunk);
+  } catch (const vivace::Error &e) {
+    failure = e.what();
+  } catch (const std::exception &e) {  // e.g. std::bad_alloc
+    failure = e.what();
+  }
+  int failed_here = failure.empty() ? 0 : 1, failed_ranks = 0;
+  MPI_Allreduce(&failed_here, &failed_ranks, 1, MPI_INT, MPI_SUM, world);
+  if (failed_ranks == comm->nprocs) error->all(FLERR, "pair_style {}: {}", kind, failure);
+  if (failed_here) error->one(FLERR, "pair_style {} on rank {}: {}", kind, comm->me, failure);
+  if (failed_ranks > 0) error->all(FLERR, "pair_style {}: the model failed to load on {} rank(s)", kind, failed_ranks);
 }
 
 // pair_coeff * * model.pt2 El1 El2 ... (one element or NULL per LAMMPS atom type)
@@ -101,17 +127,7 @@ void PairVivace::coeff(int narg, char **arg) {
                kind, narg - 3, ntypes);
 
   const std::string path = arg[2];
-  try {
-    const auto found = vivace::Model::read_metadata(path);
-    if (found.model_kind != kind)
-      error->all(FLERR, "pair_style {}: {} holds a '{}' model; use pair_style {}", kind, path, found.model_kind,
-                 found.model_kind);
-    device_index = choose_device(found.device);
-    model = std::make_unique<vivace::Model>(path, device_index);
-    if (requested_chunk >= 0) model->set_edges_per_group(requested_chunk);
-  } catch (const vivace::Error &e) {
-    error->all(FLERR, "pair_style {}: {}", kind, e.what());
-  }
+  load_model(path);
   const auto &meta = model->metadata();
   if (meta.units != update->unit_style)
     error->all(FLERR,
@@ -167,7 +183,8 @@ void PairVivace::coeff(int narg, char **arg) {
 
 void PairVivace::init_style() {
   if (!model) error->all(FLERR, "pair_style {}: pair_coeff * * model.pt2 ... must come before the run", kind);
-  if (force->newton_pair == 0) error->all(FLERR, "pair_style {} requires newton pair on", kind);
+  if (force->newton_pair == 0 && !newton_off_supported)
+    error->all(FLERR, "pair_style {} requires newton pair on", kind);
   if (atom->tag_enable == 0) error->all(FLERR, "pair_style {} requires atom IDs", kind);
   neighbor->add_request(this, depth > 1 ? NeighConst::REQ_FULL | NeighConst::REQ_GHOST : NeighConst::REQ_FULL);
 

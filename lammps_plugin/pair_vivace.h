@@ -41,6 +41,8 @@ class PairVivace : public Pair {
   int requested_threads = 0;
   long requested_chunk = -1;  // edges per center group (allegro); -1: the core's default for the device
   int device_index = -1;  // -1: CPU
+  int preferred_cuda_device = -1;      // a CUDA artifact's GPU; -1: the node-local rank modulo the GPU count
+  bool newton_off_supported = false;   // the style sends forces on ghosts to their owners itself
   int64_t num_local_nodes = 0;  // nodes [0, num_local_nodes) are local atoms
 
   // Per-step scratch, reused between steps.
@@ -53,7 +55,8 @@ class PairVivace : public Pair {
   long calls = 0;
 
   void allocate();
-  int choose_device(const std::string &device);
+  int node_local_rank();
+  void load_model(const std::string &path);
   void build_graph();
   void tally();
   void report_non_finite();

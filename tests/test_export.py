@@ -119,3 +119,55 @@ def test_cuda_export_needs_a_gpu(tmp_path):
     checkpoint = write_checkpoint(tmp_path / "model.ckpt", "allegro", "float32")
     with pytest.raises(ExportError, match="needs a CUDA build of torch"):
         export(checkpoint, str(tmp_path / "model.pt2"), device="cuda")
+
+
+MALLOC_PROBE = r"""
+import sys, numpy as np
+from vivace import _core
+
+def resident_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:")) / 1024
+
+model = _core.Model(sys.argv[1])
+if sys.argv[2] == "opt-in":
+    _core.keep_freed_memory_for_reuse()
+before = resident_mb()
+block = np.ones(400 * 2**20 // 8)  # 400 MB, touched
+del block
+print(resident_mb() - before)
+"""
+
+
+@pytest.mark.parametrize("mode", ["load-only", "opt-in"])
+def test_loading_a_model_in_python_leaves_malloc_alone(artifact, tmp_path, mode):
+    """Only the pair style, or a Python user who asks, makes glibc keep freed memory: after loading a CPU
+    artifact a freed 400 MB block goes back to the kernel; after opting in it stays resident."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text(MALLOC_PROBE)
+    kept = float(subprocess.run([sys.executable, str(script), artifact("allegro"), mode], capture_output=True,
+                                text=True, check=True).stdout)  # fmt: skip
+    assert (kept > 300) if mode == "opt-in" else (kept < 50), kept
+
+
+def test_one_model_shared_by_threads(artifact):
+    """Python threads evaluating one core model at once (the GIL is released inside) get the serial results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vivace import _core
+    from vivace.calculators import edge_results
+
+    calc = VivaceCalculator(artifact("allegro", "float64", "pt2"))
+    atoms = alloy("triclinic")
+    atoms.calc = calc
+    _, _, vectors, edge_index = edge_results(atoms, calc.backend)
+    model = _core.Model(artifact("allegro", "float64", "pt2"))
+    types = np.array([TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()], dtype=np.int64)
+    serial = model.evaluate(vectors, edge_index, types, len(atoms))
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: model.evaluate(vectors, edge_index, types, len(atoms)), range(8)))
+    for energy, forces in results:
+        assert np.array_equal(energy, serial[0]) and np.array_equal(forces, serial[1])

@@ -4,6 +4,7 @@
 #include <torch/cuda.h>
 #include <torch/script.h>
 #include <ATen/Parallel.h>
+#include <c10/core/DeviceGuard.h>
 
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -55,8 +56,11 @@ std::map<std::string, std::string> parse_key_values(const std::string& text) {
 // glibc serves each allocation above 32 MB with a fresh mmap, and the kernel zero-fills every page of it on
 // first touch: a model whose intermediates are that large pays this on every call (NequIP on 192-atom
 // water, 10k edges, float64, AOTInductor: 776 ms per call with it, 440 ms without). Once a CPU model
-// is loaded, large blocks come from the heap and freed memory stays there for the next call.
+// is loaded, large blocks come from the heap and freed memory stays there for the next call. This changes the
+// whole process, so only the LAMMPS pair style asks for it (the Python bindings leave it to the user).
 // VIVACE_MALLOC_TUNING=0 leaves the allocator alone.
+}  // namespace
+
 void keep_freed_memory_for_reuse() {
 #if defined(__GLIBC__)
   static std::once_flag once;
@@ -68,6 +72,8 @@ void keep_freed_memory_for_reuse() {
   });
 #endif
 }
+
+namespace {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -126,6 +132,7 @@ struct Model::Impl {
   torch::jit::Module script;
   double last_model_seconds = 0.0;
   std::vector<double> isolated;  // per type: the energy of an atom without neighbors
+  std::mutex busy;
 
   std::vector<torch::Tensor> run(std::vector<torch::Tensor> inputs) {
     if (aoti) return aoti->run(inputs);
@@ -176,7 +183,6 @@ Model::Model(const std::string& path, int device_index) : impl_(std::make_unique
   check_readable(path);
   if (device_index >= 0) impl_->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_index));
   const std::string want_device = device_index >= 0 ? "cuda" : "cpu";
-  if (device_index < 0) keep_freed_memory_for_reuse();
 
   try {
     std::map<std::string, std::string> raw;
@@ -199,6 +205,10 @@ Model::Model(const std::string& path, int device_index) : impl_(std::make_unique
   } catch (const c10::Error& e) {
     throw Error("cannot load model artifact '" + path + "' as " + impl_->format + ": " +
                 e.what_without_backtrace());
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {  // AOTInductor's loader throws std::runtime_error
+    throw Error("cannot load model artifact '" + path + "' as " + impl_->format + ": " + e.what());
   }
   if (impl_->metadata.device != want_device)
     throw Error("model artifact '" + path + "' was compiled for " + impl_->metadata.device +
@@ -216,15 +226,33 @@ const Metadata& Model::metadata() const { return impl_->metadata; }
 const std::string& Model::format() const { return impl_->format; }
 
 void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces) {
+  // one evaluation at a time per model: callers may share it across threads (the Python bindings release
+  // the GIL), and the runner, the timings and the isolated-energy cache are per model
+  std::lock_guard<std::mutex> lock(impl_->busy);
+  const int T = impl_->metadata.num_types();
+  if (g.memory_device >= 0) {  // arrays in GPU memory: zero and check them where they are
+    const auto on = torch::TensorOptions().device(torch::kCUDA, static_cast<c10::DeviceIndex>(g.memory_device));
+    torch::from_blob(atomic_energy, {g.num_nodes}, on.dtype(torch::kFloat64)).zero_();
+    torch::from_blob(edge_forces, {g.num_edges, 3}, on.dtype(torch::kFloat64)).zero_();
+    if (g.num_nodes == 0 || g.num_local == 0) return;
+    auto types = torch::from_blob(const_cast<int64_t*>(g.atom_types), {g.num_nodes}, on.dtype(torch::kInt64));
+    const int64_t low = types.min().item<int64_t>(), high = types.max().item<int64_t>();
+    if (low < 0 || high >= T)
+      throw Error("atom type index " + std::to_string(low < 0 ? low : high) + " is outside the model's " +
+                  std::to_string(T) + " types");
+    impl_->last_model_seconds = 0.0;
+    run_graph(g, atomic_energy, edge_forces);
+    return;
+  }
   std::fill(atomic_energy, atomic_energy + g.num_nodes, 0.0);
   std::fill(edge_forces, edge_forces + 3 * g.num_edges, 0.0);
   // No local node: nothing counts, nothing moves. No node at all: nothing to run.
   if (g.num_nodes == 0 || g.num_local == 0) return;
 
   for (int64_t i = 0; i < g.num_nodes; ++i)
-    if (g.atom_types[i] < 0 || g.atom_types[i] >= impl_->metadata.num_types())
+    if (g.atom_types[i] < 0 || g.atom_types[i] >= T)
       throw Error("atom type index " + std::to_string(g.atom_types[i]) + " is outside the model's " +
-                  std::to_string(impl_->metadata.num_types()) + " types");
+                  std::to_string(T) + " types");
 
   impl_->last_model_seconds = 0.0;
   if (impl_->metadata.strictly_local() && edges_per_group_ > 0 && g.num_edges > edges_per_group_)
@@ -237,26 +265,31 @@ void Model::run_graph(const Graph& g, double* atomic_energy, double* edge_forces
   // A graph without edges is padded with one self-edge beyond every cutoff: it contributes exactly zero,
   // and the model still returns each node's isolated-atom energy.
   const int64_t E = std::max<int64_t>(g.num_edges, 1);
-  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
-  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+  const auto memory = g.memory_device < 0 ? torch::Device(torch::kCPU)
+                                          : torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(g.memory_device));
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64).device(memory);
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(memory);
   torch::Tensor vectors, index;
   if (g.num_edges == 0) {
     double far = impl_->metadata.r_max;
     for (double c : impl_->metadata.edge_type_cutoffs) far = std::max(far, c);
-    vectors = torch::zeros({1, 3}, f64);
+    vectors = torch::zeros({1, 3}, f64.device(torch::kCPU));
     vectors[0][0] = 2.0 * far + 1.0;
-    index = torch::zeros({2, 1}, i64);
+    index = torch::zeros({2, 1}, i64.device(torch::kCPU));
   } else {
     vectors = torch::from_blob(const_cast<double*>(g.edge_vectors), {E, 3}, f64);
     index = torch::stack({torch::from_blob(const_cast<int64_t*>(g.edge_center), {E}, i64),
                           torch::from_blob(const_cast<int64_t*>(g.edge_neighbor), {E}, i64)});
   }
   auto types = torch::from_blob(const_cast<int64_t*>(g.atom_types), {g.num_nodes}, i64);
-  auto n_local = torch::tensor(g.num_local, i64);
+  auto n_local = torch::tensor(g.num_local, i64.device(torch::kCPU));
 
   std::vector<torch::Tensor> out;
   try {
     const auto& dev = impl_->device;
+    // the model's device is the current one while it runs, whatever device the calling thread had chosen
+    c10::OptionalDeviceGuard guard;
+    if (dev.is_cuda()) guard.reset_device(dev);
     std::vector<torch::Tensor> inputs{vectors.to(dev), index.to(dev), types.to(dev), n_local.to(dev)};
     const auto start = std::chrono::steady_clock::now();
     out = impl_->run(std::move(inputs));
@@ -264,14 +297,22 @@ void Model::run_graph(const Graph& g, double* atomic_energy, double* edge_forces
     impl_->last_model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   } catch (const c10::Error& e) {
     throw Error(std::string("model evaluation failed: ") + e.what_without_backtrace());
+  } catch (const std::exception& e) {  // AOTInductor's runner throws std::runtime_error
+    throw Error(std::string("model evaluation failed: ") + e.what());
   }
   if (out.size() != 2) throw Error("model artifact returned " + std::to_string(out.size()) + " outputs, expected 2");
-  auto energy = out[0].to(torch::kCPU, torch::kFloat64).contiguous();
-  auto forces = out[1].to(torch::kCPU, torch::kFloat64).contiguous();
-  if (energy.numel() != g.num_nodes || forces.numel() != 3 * E)
+  if (out[0].numel() != g.num_nodes || out[1].numel() != 3 * E)
     throw Error("model artifact returned outputs of the wrong shape");
-  std::copy_n(energy.data_ptr<double>(), g.num_nodes, atomic_energy);
-  if (g.num_edges > 0) std::copy_n(forces.data_ptr<double>(), 3 * g.num_edges, edge_forces);
+  if (g.memory_device < 0) {
+    auto energy = out[0].to(torch::kCPU, torch::kFloat64).contiguous();
+    auto forces = out[1].to(torch::kCPU, torch::kFloat64).contiguous();
+    std::copy_n(energy.data_ptr<double>(), g.num_nodes, atomic_energy);
+    if (g.num_edges > 0) std::copy_n(forces.data_ptr<double>(), 3 * g.num_edges, edge_forces);
+  } else {
+    torch::from_blob(atomic_energy, {g.num_nodes}, f64).copy_(out[0].reshape({g.num_nodes}));
+    if (g.num_edges > 0) torch::from_blob(edge_forces, {g.num_edges, 3}, f64).copy_(out[1].reshape({g.num_edges, 3}));
+    torch::cuda::synchronize(static_cast<int64_t>(g.memory_device));
+  }
 }
 
 // A strictly local model: the energy of center i depends on i's own edges, and on each neighbor only

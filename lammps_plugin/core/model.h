@@ -49,6 +49,9 @@ struct Graph {
   int64_t num_nodes = 0;
   int64_t num_edges = 0;
   int64_t num_local = 0;
+  // Where these arrays and evaluate()'s outputs live: -1 host memory, k >= 0 the memory of CUDA device k
+  // (e.g. Kokkos views on the GPU). The model's own device may differ; the core copies between them.
+  int memory_device = -1;
 };
 
 class Model {
@@ -85,6 +88,10 @@ class Model {
   std::unique_ptr<Impl> impl_;
   int64_t edges_per_group_ = 0;
 };
+
+// Large freed blocks stay on the heap for the next call instead of going back to the kernel (glibc; no-op
+// elsewhere, or with VIVACE_MALLOC_TUNING=0). Process-wide: for programs that evaluate a CPU model over and over.
+void keep_freed_memory_for_reuse();
 
 void set_num_threads(int n);
 int get_num_threads();

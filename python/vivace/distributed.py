@@ -14,9 +14,16 @@ def active() -> bool:
 
 
 def init() -> None:
+    """Joins torchrun's process group. With NCCL, each process first binds the GPU of its node-local rank, so
+    that its collectives, its `.cuda()` tensors and its model all live there (not every process on cuda:0)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not active():
         backend = "nccl" if torch.cuda.is_available() and os.environ.get("VIVACE_DDP_BACKEND") != "gloo" else "gloo"
-        dist.init_process_group(backend)
+        if backend == "nccl":
+            device = gpu()
+            torch.cuda.set_device(device)
+            dist.init_process_group(backend, device_id=device)
+        else:
+            dist.init_process_group(backend)
 
 
 def finish() -> None:
@@ -36,13 +43,18 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def gpu() -> torch.device:
+    """This process's GPU: its node-local rank, modulo the GPUs it sees."""
+    return torch.device("cuda", local_rank() % max(1, torch.cuda.device_count()))
+
+
 def sum_tensor(t: torch.Tensor) -> torch.Tensor:
     """The sum over processes (a copy; the input is left as it is)."""
     t = t.clone()
     if active():
         device = t.device
         if dist.get_backend() == "nccl":
-            t = t.cuda()
+            t = t.to(gpu())
         dist.all_reduce(t)
         t = t.to(device)
     return t
