@@ -38,3 +38,36 @@ def force_rms(structures: Sequence[Structure]) -> float:
     forces = np.concatenate([s.forces for s in structures])
     rms = float(np.sqrt(np.mean(forces**2)))
     return rms if rms > 0 else 1.0
+
+
+def pair_baseline(structures: Sequence[Structure], num_types: int, shifts: Sequence[float], r_cut: np.ndarray,
+                  polynomial_p: float) -> List[float]:
+    """Per type pair b[a, b] = b[b, a] minimising sum_frames (E - sum_i shift[Z_i] - sum_edges b[Z_i, Z_j]
+    u(r_ij))^2, u the model's envelope with the (T, T) cutoffs r_cut: the cohesion each neighbor brings on
+    average, so that the network starts from the right energy at every coordination (least squares,
+    minimum norm). Flattened (center, neighbor), row-major."""
+    import torch
+
+    from .nn import PolynomialCutoff
+
+    envelope = PolynomialCutoff(float(r_cut.max()), polynomial_p)
+    pairs = [(a, b) for a in range(num_types) for b in range(a, num_types)]
+    column = {}
+    for k, (a, b) in enumerate(pairs):
+        column[a * num_types + b] = column[b * num_types + a] = k
+    features, targets = [], []
+    for s in structures:
+        if s.energy is None or not np.isfinite(s.energy):
+            continue
+        i, j = s.edge_index
+        r = np.linalg.norm(s.positions[j] - s.positions[i] + s.shifts, axis=1)
+        ti, tj = s.atom_types[i], s.atom_types[j]
+        u = envelope(torch.from_numpy(r), torch.from_numpy(r_cut[ti, tj])).numpy()
+        row = np.zeros(len(pairs))
+        np.add.at(row, np.array([column[k] for k in ti * num_types + tj], dtype=np.int64), u)
+        features.append(row)
+        targets.append(s.energy - float(np.sum(np.asarray(shifts)[s.atom_types])))
+    if not features:
+        return [0.0] * num_types * num_types
+    solution, *_ = np.linalg.lstsq(np.stack(features), np.array(targets), rcond=None)
+    return [float(solution[column[k]]) for k in range(num_types * num_types)]

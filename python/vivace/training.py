@@ -33,7 +33,7 @@ def _resolve_device(name: str) -> torch.device:
     if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("config asks for device cuda, but this torch sees no CUDA device")
-        return torch.device("cuda", distributed.local_rank())
+        return distributed.gpu()
     return torch.device("cpu")
 
 
@@ -52,6 +52,10 @@ def model_spec(config: Dict[str, Any], train_set: Sequence[Structure], type_name
         if missing:
             raise ValueError(f"model.isolated_atom_energies has no energy for {missing}")
         hyper["energy_shift"] = [float(isolated[t]) for t in type_names]
+        cutoffs = r_cut.numpy() if r_cut is not None else np.full((len(type_names),) * 2, float(mcfg["r_max"]))
+        hyper["pair_baseline"] = statistics.pair_baseline(
+            train_set, len(type_names), hyper["energy_shift"], cutoffs, float(hyper.get("polynomial_p", 6))
+        )
     else:
         hyper["energy_shift"] = statistics.energy_shifts(train_set, len(type_names))
     hyper["energy_scale"] = [statistics.force_rms(train_set)] * len(type_names)
@@ -92,7 +96,10 @@ class Trainer:
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(float(tcfg["ema_decay"])))
         self.train_module = EdgeForceModel(self.model, create_graph=True)
         if self.world > 1:
-            self.train_module = DistributedDataParallel(self.train_module)
+            on_gpu = self.device.type == "cuda"
+            self.train_module = DistributedDataParallel(
+                self.train_module, device_ids=[self.device] if on_gpu else None, output_device=self.device if on_gpu else None
+            )
         self.loss = Loss(
             tcfg["energy_weight"], tcfg["force_weight"], tcfg["stress_weight"], tcfg["loss"], tcfg["huber_delta"],
             scale=float(np.mean(self.spec["hyperparameters"]["energy_scale"])),

@@ -123,7 +123,12 @@ class EdgeGeometry(nn.Module):
 
 
 class EnergyHead(nn.Module):
-    """Per-species scale and shift (float64), plus the optional ZBL repulsion over the edges."""
+    """Per-species scale and shift (float64), plus two optional sums over a center's edges: the pair baseline
+    sum_j b[Z_i, Z_j] u(r_ij), u the envelope (fixed numbers from the training data; see
+    statistics.pair_baseline), and the ZBL repulsion.
+
+    With isolated-atom energies as shifts, the baseline carries the mean cohesion: an atom's energy then rises
+    towards its isolated value as its neighbors leave, instead of staying near the bulk average."""
 
     def __init__(
         self,
@@ -132,10 +137,17 @@ class EnergyHead(nn.Module):
         energy_shift: List[float],
         zbl: bool,
         units: str,
+        pair_baseline: List[float] = [],
     ):
         super().__init__()
         unit_style(units)  # refuses a style vivace does not support, by name
         self.scale_shift = PerSpeciesScaleShift(len(type_names), energy_scale, energy_shift)
+        num_types = len(type_names)
+        if pair_baseline and len(pair_baseline) != num_types * num_types:
+            raise ValueError(f"pair_baseline needs one value per (center, neighbor) type pair ({num_types ** 2})")
+        self.num_types = num_types
+        self.has_pair = bool(pair_baseline)
+        self.register_buffer("pair", torch.tensor(pair_baseline or [0.0], dtype=torch.float64))
         self.zbl = None
         if zbl:
             unknown = [n for n in type_names if n not in atomic_numbers]
@@ -154,6 +166,9 @@ class EnergyHead(nn.Module):
         neighbor_type: torch.Tensor,  # (E,)
     ) -> torch.Tensor:
         atomic_energy = self.scale_shift(energy, atom_types)
+        if self.has_pair:
+            pair = self.pair.to(torch.float64)[center_type * self.num_types + neighbor_type] * envelope.to(torch.float64)
+            atomic_energy = atomic_energy + scatter_sum(pair, center, atomic_energy.shape[0])
         if self.zbl is not None:
             pair = self.zbl(r, envelope, center_type, neighbor_type)
             atomic_energy = atomic_energy + scatter_sum(pair, center, atomic_energy.shape[0])

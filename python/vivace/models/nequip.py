@@ -203,6 +203,7 @@ class NequIP(nn.Module):
         energy_scale: List[float] = [],
         zbl: bool = False,
         units: str = "metal",
+        pair_baseline: List[float] = [],
     ):
         super().__init__()
         if not 0 <= l_max <= 3:
@@ -228,7 +229,7 @@ class NequIP(nn.Module):
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
         self.readout = o3.Linear(irreps, o3.Irreps("0e"))
-        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units)
+        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, pair_baseline)
 
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         dtype = self.one_hot.dtype
