@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from conftest import HYPER, R_MAX, TYPE_NAMES, emt_frames
+from vivace.models import build_model
 from vivace import statistics
 from vivace.config import ConfigError, load_config
 from vivace.data import load_structures, read_data, structures_from_frames
@@ -241,31 +242,63 @@ def test_shared_rmd17_and_deepmd_water():
     assert 30 < structures[0].edge_index.shape[1] / 192 < 60
 
 
-def test_pair_baseline_recovers_a_pair_energy(frames):
-    """Energies made as E0 per atom plus b[Z_i, Z_j] u(r_ij) over the edges: the fit gives b back, symmetric,
-    and a model with that baseline and no network output reproduces them."""
+def test_cohesion_baseline_recovers_a_coordination_energy(frames):
+    """Energies made as E0 per atom plus c[Z] x (2 - x), x = rho / rho0 (the data's mean coordination): the fit
+    gives c back, and a model with that baseline and no network output reproduces the energies."""
     import torch
 
     from vivace.data import collate
     from vivace.losses import predict
     from vivace.models import EdgeForceModel, build_model
-    from vivace.nn import PolynomialCutoff
 
     structures = structures_from_frames(frames, TYPE_NAMES, R_MAX)
-    e0, b = np.array([-0.5, -1.5]), np.array([[-0.10, -0.25], [-0.25, -0.05]])
-    envelope = PolynomialCutoff(R_MAX, 6)
+    cutoffs = np.full((2, 2), R_MAX)
     for k, s in enumerate(structures):
         s.atom_types[: 2 * k] = 0
-        i, j = s.edge_index
-        r = np.linalg.norm(s.positions[j] - s.positions[i] + s.shifts, axis=1)
-        u = envelope(torch.from_numpy(r)).numpy()
-        s.energy = float(e0[s.atom_types].sum() + (b[s.atom_types[i], s.atom_types[j]] * u).sum())
-    fitted = statistics.pair_baseline(structures, 2, e0, np.full((2, 2), R_MAX), 6)
-    assert np.allclose(np.reshape(fitted, (2, 2)), b, atol=1e-10)
+    rho = [statistics.coordinations(s, cutoffs, 6) for s in structures]
+    types = np.concatenate([s.atom_types for s in structures])
+    rho0 = np.array([np.concatenate(rho)[types == t].mean() for t in range(2)])
+    e0, c = np.array([-0.5, -1.5]), np.array([-2.0, -3.5])
+    for s, r in zip(structures, rho):
+        x = r / rho0[s.atom_types]
+        s.energy = float(e0[s.atom_types].sum() + (c[s.atom_types] * x * (2 - x)).sum())
+    fitted, mean_rho = statistics.cohesion_baseline(structures, 2, e0, cutoffs, 6)
+    assert np.allclose(mean_rho, rho0, rtol=1e-12) and np.allclose(fitted, c, atol=1e-9)
 
-    model = build_model("allegro", dict(HYPER, energy_shift=list(e0), pair_baseline=fitted), TYPE_NAMES, "float64")
+    hyper = dict(HYPER, energy_shift=list(e0), cohesion=fitted, mean_coordination=mean_rho)
+    model = build_model("allegro", hyper, TYPE_NAMES, "float64")
     with torch.no_grad():
         for p in model.readout.parameters():
             p.zero_()
     predicted = predict(EdgeForceModel(model), collate(structures)).energy
-    assert np.allclose(predicted.detach().numpy(), [s.energy for s in structures], rtol=0, atol=1e-10)
+    assert np.allclose(predicted.detach().numpy(), [s.energy for s in structures], rtol=0, atol=1e-9)
+
+
+def test_cohesion_baseline_is_stress_free_at_the_mean_coordination():
+    """A perfect crystal whose atoms all sit at rho0: the baseline adds its cohesion c per atom and neither
+    force nor stress; an isolated atom gets its shift."""
+    import torch
+    from ase.build import bulk
+
+    from vivace.calculators import VivaceCalculator
+    from vivace.checkpoint import save_checkpoint
+
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    structure = structures_from_frames([crystal], ["Cu"], R_MAX)[0]
+    rho0 = float(statistics.coordinations(structure, np.full((1, 1), R_MAX), 6).mean())
+    hyper = dict(HYPER, energy_shift=[0.25], energy_scale=[1.0], cohesion=[-3.0], mean_coordination=[rho0])
+    model = build_model("allegro", hyper, ["Cu"], "float64")
+    with torch.no_grad():
+        for p in model.readout.parameters():
+            p.zero_()
+    spec = {"kind": "allegro", "hyperparameters": hyper, "type_names": ["Cu"], "dtype": "float64", "units": "metal"}
+    path = "/tmp/vivace_cohesion_test.ckpt"
+    save_checkpoint(path, {"model": spec, "state_dict": model.state_dict()})
+    crystal.calc = VivaceCalculator(path)
+    assert crystal.get_potential_energy() == pytest.approx(len(crystal) * (0.25 - 3.0), rel=1e-12)
+    assert np.abs(crystal.get_forces()).max() < 1e-10 and np.abs(crystal.get_stress()).max() < 1e-10
+    lone = crystal[:1]
+    lone.center(vacuum=10.0)
+    lone.pbc = False
+    lone.calc = VivaceCalculator(path)
+    assert lone.get_potential_energy() == pytest.approx(0.25, rel=1e-12)

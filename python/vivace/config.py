@@ -26,8 +26,8 @@ DEFAULTS: Dict[str, Any] = {
         "dtype": "float64",
         "type_names": None,  # default: the elements of the data, by atomic number
         "neighbor_normalization": "global",  # or "per_type": 1/sqrt(avg neighbors of the center's type)
-        "isolated_atom_energies": None,  # {element: energy}: the shifts, plus a pair baseline fitted to the rest
-        # (physical cohesion: atoms pulled apart approach these energies); default: least-squares shifts
+        "isolated_atom_energies": None,  # {element: energy}: the shifts, plus a cohesion baseline fitted to the
+        # rest (atoms pulled apart approach these energies); default: least-squares shifts
         # plus the hyperparameters of the chosen kind: see model_defaults()
     },
     "training": {
@@ -91,7 +91,7 @@ CHOICES = {
 # Model keys that describe the run rather than the network's hyperparameters.
 MODEL_META_KEYS = ("kind", "dtype", "type_names", "neighbor_normalization", "isolated_atom_energies")
 # Hyperparameters the trainer derives from the data (or the top-level config) rather than the user.
-DERIVED_KEYS = ("avg_num_neighbors", "energy_shift", "energy_scale", "pair_baseline", "units")
+DERIVED_KEYS = ("avg_num_neighbors", "energy_shift", "energy_scale", "cohesion", "mean_coordination", "units")
 DEFAULT_R_MAX = 5.0
 
 

@@ -1,6 +1,6 @@
 """Dataset statistics that set the model's normalisation: neighbor count, energy shifts, force scale."""
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -40,34 +40,38 @@ def force_rms(structures: Sequence[Structure]) -> float:
     return rms if rms > 0 else 1.0
 
 
-def pair_baseline(structures: Sequence[Structure], num_types: int, shifts: Sequence[float], r_cut: np.ndarray,
-                  polynomial_p: float) -> List[float]:
-    """Per type pair b[a, b] = b[b, a] minimising sum_frames (E - sum_i shift[Z_i] - sum_edges b[Z_i, Z_j]
-    u(r_ij))^2, u the model's envelope with the (T, T) cutoffs r_cut: the cohesion each neighbor brings on
-    average, so that the network starts from the right energy at every coordination (least squares,
-    minimum norm). Flattened (center, neighbor), row-major."""
+
+def coordinations(s: Structure, r_cut: np.ndarray, polynomial_p: float) -> np.ndarray:
+    """rho_i = sum_j u(r_ij) of every atom, u the model's envelope with the (T, T) cutoffs r_cut."""
     import torch
 
     from .nn import PolynomialCutoff
 
-    envelope = PolynomialCutoff(float(r_cut.max()), polynomial_p)
-    pairs = [(a, b) for a in range(num_types) for b in range(a, num_types)]
-    column = {}
-    for k, (a, b) in enumerate(pairs):
-        column[a * num_types + b] = column[b * num_types + a] = k
+    i, j = s.edge_index
+    r = np.linalg.norm(s.positions[j] - s.positions[i] + s.shifts, axis=1)
+    cut = torch.from_numpy(np.ascontiguousarray(r_cut[s.atom_types[i], s.atom_types[j]]))
+    u = PolynomialCutoff(float(r_cut.max()), polynomial_p)(torch.from_numpy(r), cut).numpy()
+    return np.bincount(i, weights=u, minlength=len(s.atom_types))
+
+
+def cohesion_baseline(structures: Sequence[Structure], num_types: int, shifts: Sequence[float], r_cut: np.ndarray,
+                      polynomial_p: float) -> Tuple[List[float], List[float]]:
+    """(c, rho0) per type for the model's cohesion term c x (2 - x), x = rho_i / rho0: rho0 the mean
+    coordination of the type's atoms over the training set, c the least-squares (minimum-norm) fit of
+    E - sum_i shift[Z_i] on sum_i g(x_i), g(x) = x (2 - x), over the frames with energies."""
+    rho = [coordinations(s, r_cut, polynomial_p) for s in structures]
+    types = np.concatenate([s.atom_types for s in structures])
+    all_rho = np.concatenate(rho)
+    rho0 = [float(all_rho[types == t].mean()) if np.any(types == t) and all_rho[types == t].mean() > 0 else 1.0
+            for t in range(num_types)]  # fmt: skip
     features, targets = [], []
-    for s in structures:
+    for s, r in zip(structures, rho):
         if s.energy is None or not np.isfinite(s.energy):
             continue
-        i, j = s.edge_index
-        r = np.linalg.norm(s.positions[j] - s.positions[i] + s.shifts, axis=1)
-        ti, tj = s.atom_types[i], s.atom_types[j]
-        u = envelope(torch.from_numpy(r), torch.from_numpy(r_cut[ti, tj])).numpy()
-        row = np.zeros(len(pairs))
-        np.add.at(row, np.array([column[k] for k in ti * num_types + tj], dtype=np.int64), u)
-        features.append(row)
+        x = r / np.asarray(rho0)[s.atom_types]
+        features.append(np.bincount(s.atom_types, weights=x * (2.0 - x), minlength=num_types))
         targets.append(s.energy - float(np.sum(np.asarray(shifts)[s.atom_types])))
     if not features:
-        return [0.0] * num_types * num_types
-    solution, *_ = np.linalg.lstsq(np.stack(features), np.array(targets), rcond=None)
-    return [float(solution[column[k]]) for k in range(num_types * num_types)]
+        return [0.0] * num_types, rho0
+    c, *_ = np.linalg.lstsq(np.stack(features), np.array(targets), rcond=None)
+    return [float(v) for v in c], rho0

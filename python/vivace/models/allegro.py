@@ -137,7 +137,8 @@ class Allegro(nn.Module):
         energy_scale: List[float] = [],
         zbl: bool = False,
         units: str = "metal",
-        pair_baseline: List[float] = [],
+        cohesion: List[float] = [],
+        mean_coordination: List[float] = [],
     ):
         super().__init__()
         if not 0 <= l_max <= 3:
@@ -177,7 +178,7 @@ class Allegro(nn.Module):
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
         self.readout = MLP([num_scalar_features] + readout_hidden + [1])
-        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, pair_baseline)
+        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination)
 
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         center, neighbor = edge_index[0], edge_index[1]

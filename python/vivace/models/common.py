@@ -123,12 +123,14 @@ class EdgeGeometry(nn.Module):
 
 
 class EnergyHead(nn.Module):
-    """Per-species scale and shift (float64), plus two optional sums over a center's edges: the pair baseline
-    sum_j b[Z_i, Z_j] u(r_ij), u the envelope (fixed numbers from the training data; see
-    statistics.pair_baseline), and the ZBL repulsion.
+    """Per-species scale and shift (float64), plus two optional sums over a center's edges: the cohesion
+    baseline and the ZBL repulsion.
 
-    With isolated-atom energies as shifts, the baseline carries the mean cohesion: an atom's energy then rises
-    towards its isolated value as its neighbors leave, instead of staying near the bulk average."""
+    The baseline gives atom i the energy c[Z_i] x (2 - x), x = rho_i / rho0[Z_i], rho_i = sum_j u(r_ij) its
+    coordination (u the envelope): c at the training data's mean coordination rho0, where its force and stress
+    vanish (d/dx = 0 at x = 1), and 0 for an atom without neighbors. With isolated-atom energies as shifts it
+    carries the mean cohesion (c < 0, fitted to the training energies; statistics.cohesion_baseline), so an
+    atom's energy rises towards its isolated value as its neighbors leave."""
 
     def __init__(
         self,
@@ -137,17 +139,20 @@ class EnergyHead(nn.Module):
         energy_shift: List[float],
         zbl: bool,
         units: str,
-        pair_baseline: List[float] = [],
+        cohesion: List[float] = [],
+        mean_coordination: List[float] = [],
     ):
         super().__init__()
         unit_style(units)  # refuses a style vivace does not support, by name
         self.scale_shift = PerSpeciesScaleShift(len(type_names), energy_scale, energy_shift)
         num_types = len(type_names)
-        if pair_baseline and len(pair_baseline) != num_types * num_types:
-            raise ValueError(f"pair_baseline needs one value per (center, neighbor) type pair ({num_types ** 2})")
-        self.num_types = num_types
-        self.has_pair = bool(pair_baseline)
-        self.register_buffer("pair", torch.tensor(pair_baseline or [0.0], dtype=torch.float64))
+        if len(cohesion) != len(mean_coordination) or (cohesion and len(cohesion) != num_types):
+            raise ValueError(f"cohesion and mean_coordination need one value per type ({num_types}), or none")
+        if mean_coordination and min(mean_coordination) <= 0:
+            raise ValueError("mean_coordination must be positive")
+        self.has_cohesion = bool(cohesion)
+        self.register_buffer("cohesion", torch.tensor(cohesion or [0.0], dtype=torch.float64))
+        self.register_buffer("mean_coordination", torch.tensor(mean_coordination or [1.0], dtype=torch.float64))
         self.zbl = None
         if zbl:
             unknown = [n for n in type_names if n not in atomic_numbers]
@@ -166,9 +171,10 @@ class EnergyHead(nn.Module):
         neighbor_type: torch.Tensor,  # (E,)
     ) -> torch.Tensor:
         atomic_energy = self.scale_shift(energy, atom_types)
-        if self.has_pair:
-            pair = self.pair.to(torch.float64)[center_type * self.num_types + neighbor_type] * envelope.to(torch.float64)
-            atomic_energy = atomic_energy + scatter_sum(pair, center, atomic_energy.shape[0])
+        if self.has_cohesion:
+            rho = scatter_sum(envelope.to(torch.float64), center, atomic_energy.shape[0])
+            x = rho / self.mean_coordination.to(torch.float64)[atom_types]
+            atomic_energy = atomic_energy + self.cohesion.to(torch.float64)[atom_types] * x * (2.0 - x)
         if self.zbl is not None:
             pair = self.zbl(r, envelope, center_type, neighbor_type)
             atomic_energy = atomic_energy + scatter_sum(pair, center, atomic_energy.shape[0])

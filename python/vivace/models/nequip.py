@@ -203,7 +203,8 @@ class NequIP(nn.Module):
         energy_scale: List[float] = [],
         zbl: bool = False,
         units: str = "metal",
-        pair_baseline: List[float] = [],
+        cohesion: List[float] = [],
+        mean_coordination: List[float] = [],
     ):
         super().__init__()
         if not 0 <= l_max <= 3:
@@ -229,7 +230,7 @@ class NequIP(nn.Module):
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
         self.readout = o3.Linear(irreps, o3.Irreps("0e"))
-        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, pair_baseline)
+        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination)
 
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         dtype = self.one_hot.dtype
