@@ -230,12 +230,18 @@ def measure(s: System, pair_lines: str, workdir: str) -> Dict[str, object]:
     """all_properties, with a smaller liquid than its default (256 fcc / 216 diamond atoms, 1 ps melting at
     1.2 T, 1 ps equilibration, 1 ps of g(r)) so that the model's MD fits the budget; the reference gets the same."""
     from vivace import properties as P
+    from vivace.lammps_run import LammpsError
 
     crystal = P.Crystal(s.lattice, s.a, s.elements, s.masses, pair_lines)
     out = P.all_properties(crystal, workdir)
     t = s.liquid_temperature
-    rdf = P.liquid_rdf(crystal, workdir, t, out["a"], steps=3000, cells=4 if s.lattice == "fcc" else 3, melt_temperature=1.2 * t)
-    out["rdf_first_peak"] = rdf.first_peak
+    try:
+        rdf = P.liquid_rdf(crystal, workdir, t, out["a"], steps=3000, cells=4 if s.lattice == "fcc" else 3,
+                           melt_temperature=1.2 * t)  # fmt: skip
+        out["rdf_first_peak"] = rdf.first_peak
+    except LammpsError as e:  # e.g. "Lost atoms": the liquid flew apart; a row, not the end of the run
+        out["rdf_first_peak"] = float("nan")
+        out["failures"] = {"rdf_peak": str(e)}
     return out
 
 
@@ -256,6 +262,8 @@ def _cell(reference, value):
         text = " ".join(f"{v:.2f}" for v in sorted(set(np.round(value, 2))))
         r, m = np.sort(reference), np.sort(value)
         return text, float(np.max(np.abs(m - r) / np.abs(r)))
+    if not np.isfinite(value):
+        return "failed", float("nan")
     return f"{value:.4f}", (value - reference) / abs(reference)
 
 
@@ -287,7 +295,9 @@ def table(rows: Dict[str, Dict[str, Dict[str, object]]]) -> str:
             ok = "" if target is None else ("yes" if abs(errors["vivace"]) <= target else "NO")
             line += f" {tgt:>7} {ok:<3}"
             if "upstream" in errors:
-                line += "  " + ("yes" if abs(errors["vivace"]) <= abs(errors["upstream"]) else "NO")
+                ours, theirs = errors["vivace"], errors["upstream"]
+                at_least_as_good = np.isfinite(ours) and (not np.isfinite(theirs) or abs(ours) <= abs(theirs))
+                line += "  " + ("yes" if at_least_as_good else "NO")
             lines.append(line.rstrip())
     return "\n".join(lines)
 
@@ -345,8 +355,18 @@ def main(argv=None) -> int:
                      f"compiled by {t3 - t1:.0f} s, its validation errors E {upstream_run['energy_mae_per_atom']:.2f} "
                      f"meV/atom, F {upstream_run['force_mae']:.1f} meV/A")  # fmt: skip
         notes.append(note + f"; properties {t4 - t3:.0f} s")
+        for code, result in rows[s.name].items():
+            for row, why in result.get("failures", {}).items():
+                notes.append(f"{key} {code} {row} failed: {why}")
         print(table({s.name: rows[s.name]}), flush=True)
+        report(args, plugin, rows, notes)
 
+    print("\n" + report(args, plugin, rows, notes))
+    return 0
+
+
+def report(args, plugin, rows, notes) -> str:
+    """The results file's text: the command, the setup, the table, a line per system."""
     size = "the demo's Allegro (l_max 1, 32/8 features)" if args.model == "small" else "the default Allegro (l_max 2, 64/16)"
     command = (f"python benchmarks/properties.py --systems {' '.join(args.systems)} --minutes {args.minutes:g} "
                f"--threads {args.threads} --model {args.model} --energy-reference {args.energy_reference}" + (" --upstream-source PATH" if plugin else ""))
@@ -364,11 +384,10 @@ def main(argv=None) -> int:
                    "EnergyForceStressLoss 1:1:1, EMA 0.999; measured through its own pair style (pair_nequip_allegro "
                    "built as a plugin, AOTInductor artifact)")  # fmt: skip
     text = header + "\n" + table(rows) + "\n# " + "\n# ".join(notes) + "\n"
-    print("\n" + text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    with open(args.out, "w") as f:  # after every system, so that a later failure keeps what was measured
         f.write(text)
-    return 0
+    return text
 
 
 def _cpu() -> str:
