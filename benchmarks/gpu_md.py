@@ -27,13 +27,13 @@ def fcc(cells):
 
 
 def cells_for(atoms: int):
-    n = round((atoms / 4) ** (1 / 3))
-    for a in range(max(1, n - 3), n + 4):
-        for b in range(a, a + 4):
-            for c in range(b, b + 4):
-                if 4 * a * b * c == atoms:
-                    return (a, b, c)
-    raise ValueError(f"no fcc supercell of {atoms} atoms near a cube")
+    """The most cube-like (a, b, c) fcc supercell of `atoms` atoms (4 per cell)."""
+    cells = atoms // 4
+    if 4 * cells != atoms:
+        raise ValueError(f"{atoms} is not a multiple of 4")
+    shapes = [(a, b, cells // (a * b)) for a in range(1, cells + 1) if cells % a == 0
+              for b in range(a, cells // a + 1) if (cells // a) % b == 0 and cells // (a * b) >= b]  # fmt: skip
+    return min(shapes, key=lambda shape: shape[2] / shape[0])
 
 
 def export_model(workdir: str, dtype: str = "float32") -> str:
