@@ -102,9 +102,7 @@ void PairVivace::load_model(const std::string &path) {
     }
     model = std::make_unique<vivace::Model>(path, device_index);
     if (requested_chunk >= 0) model->set_edges_per_group(requested_chunk);
-  } catch (const vivace::Error &e) {
-    failure = e.what();
-  } catch (const std::exception &e) {  // e.g. std::bad_alloc
+  } catch (const std::exception &e) {  // vivace::Error, or e.g. std::bad_alloc
     failure = e.what();
   }
   int failed_here = failure.empty() ? 0 : 1, failed_ranks = 0;

@@ -274,7 +274,7 @@ def test_cohesion_baseline_recovers_a_coordination_energy(frames):
     assert np.allclose(predicted.detach().numpy(), [s.energy for s in structures], rtol=0, atol=1e-9)
 
 
-def test_cohesion_baseline_is_stress_free_at_the_mean_coordination():
+def test_cohesion_baseline_is_stress_free_at_the_mean_coordination(tmp_path):
     """A perfect crystal whose atoms all sit at rho0: the baseline adds its cohesion c per atom and neither
     force nor stress; an isolated atom gets its shift."""
     import torch
@@ -292,7 +292,7 @@ def test_cohesion_baseline_is_stress_free_at_the_mean_coordination():
         for p in model.readout.parameters():
             p.zero_()
     spec = {"kind": "allegro", "hyperparameters": hyper, "type_names": ["Cu"], "dtype": "float64", "units": "metal"}
-    path = "/tmp/vivace_cohesion_test.ckpt"
+    path = str(tmp_path / "cohesion.ckpt")
     save_checkpoint(path, {"model": spec, "state_dict": model.state_dict()})
     crystal.calc = VivaceCalculator(path)
     assert crystal.get_potential_energy() == pytest.approx(len(crystal) * (0.25 - 3.0), rel=1e-12)

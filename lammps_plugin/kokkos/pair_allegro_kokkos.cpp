@@ -47,6 +47,35 @@ void ensure_rows(View &view, size_t n, const std::string &name) {
   if (view.extent(0) < n) view = View(Kokkos::view_alloc(name, Kokkos::WithoutInitializing), n + n / 5 + 16, 3);
 }
 
+// The edges of one center: every mapped neighbor j within the (type i, type j) cutoff, in list order.
+template <class DeviceType>
+struct CenterEdges {
+  typename ArrayTypes<DeviceType>::t_x_array_randomread x;
+  typename ArrayTypes<DeviceType>::t_int_1d_randomread type, numneigh;
+  typename ArrayTypes<DeviceType>::t_neighbors_2d neighbors;
+  Kokkos::View<int *, DeviceType> type_map;
+  Kokkos::View<double *, DeviceType> cutsq;
+  int num_types;
+
+  // Calls visit(j, dx, dy, dz) for each edge of center i (r_ij = x_j - x_i); returns how many.
+  template <class Visit>
+  KOKKOS_INLINE_FUNCTION int64_t visit(const int i, Visit &&visit) const {
+    const int ti = type_map(type(i));
+    if (ti < 0) return 0;
+    int64_t n = 0;
+    for (int jj = 0; jj < numneigh(i); jj++) {
+      const int j = neighbors(i, jj) & NEIGHMASK;
+      const int tj = type_map(type(j));
+      if (tj < 0) continue;
+      const double dx = x(j, 0) - x(i, 0), dy = x(j, 1) - x(i, 1), dz = x(j, 2) - x(i, 2);
+      if (dx * dx + dy * dy + dz * dz >= cutsq(ti * num_types + tj)) continue;
+      visit(j, dx, dy, dz);
+      n++;
+    }
+    return n;
+  }
+};
+
 }  // namespace
 
 template <class DeviceType>
@@ -156,13 +185,11 @@ void PairAllegroKokkos<DeviceType>::build_edges() {
   const int nall = atom->nlocal + atom->nghost;
   const int T = model->metadata().num_types();
 
+  const CenterEdges<DeviceType> edges{x, type, d_numneigh, d_neighbors, d_type_map, d_cutsq, T};
   auto x = this->x;
   auto type = this->type;
   auto type_map = d_type_map;
-  auto cutsq = d_cutsq;
   auto ilist = d_ilist;
-  auto numneigh = d_numneigh;
-  auto neighbors = d_neighbors;
 
   ensure_length(d_edge_count, inum + 1, "allegro/kk:edge_count");
   auto count = d_edge_count;
@@ -171,20 +198,9 @@ void PairAllegroKokkos<DeviceType>::build_edges() {
       "allegro/kk:count_edges", Kokkos::RangePolicy<DeviceType>(0, inum),
       KOKKOS_LAMBDA(const int ii, int &bad) {
         const int i = ilist(ii);
-        const int ti = type_map(type(i));
-        int64_t n = 0;
-        if (ti >= 0) {
-          const double xi = x(i, 0), yi = x(i, 1), zi = x(i, 2);
-          if (!(is_finite_value(xi) && is_finite_value(yi) && is_finite_value(zi)) && i + 1 > bad) bad = i + 1;
-          for (int jj = 0; jj < numneigh(i); jj++) {
-            const int j = neighbors(i, jj) & NEIGHMASK;
-            const int tj = type_map(type(j));
-            if (tj < 0) continue;
-            const double dx = x(j, 0) - xi, dy = x(j, 1) - yi, dz = x(j, 2) - zi;
-            if (dx * dx + dy * dy + dz * dz < cutsq(ti * T + tj)) n++;
-          }
-        }
-        count(ii) = n;
+        const bool finite = is_finite_value(x(i, 0)) && is_finite_value(x(i, 1)) && is_finite_value(x(i, 2));
+        if (type_map(type(i)) >= 0 && !finite && i + 1 > bad) bad = i + 1;
+        count(ii) = edges.visit(i, [](int, double, double, double) {});
       },
       Kokkos::Max<int>(bad_atom));
   if (bad_atom > 0) {
@@ -216,23 +232,15 @@ void PairAllegroKokkos<DeviceType>::build_edges() {
   Kokkos::parallel_for(
       "allegro/kk:fill_edges", Kokkos::RangePolicy<DeviceType>(0, inum), KOKKOS_LAMBDA(const int ii) {
         const int i = ilist(ii);
-        const int ti = type_map(type(i));
-        if (ti < 0) return;
         int64_t e = count(ii);
-        const double xi = x(i, 0), yi = x(i, 1), zi = x(i, 2);
-        for (int jj = 0; jj < numneigh(i); jj++) {
-          const int j = neighbors(i, jj) & NEIGHMASK;
-          const int tj = type_map(type(j));
-          if (tj < 0) continue;
-          const double dx = x(j, 0) - xi, dy = x(j, 1) - yi, dz = x(j, 2) - zi;
-          if (dx * dx + dy * dy + dz * dz >= cutsq(ti * T + tj)) continue;
+        edges.visit(i, [&](int j, double dx, double dy, double dz) {
           center(e) = i;
           neighbor(e) = j;
           vectors(e, 0) = dx;
           vectors(e, 1) = dy;
           vectors(e, 2) = dz;
           e++;
-        }
+        });
       });
   // NULL atoms are nodes without edges; they get type 0 and their energies are not counted
   Kokkos::parallel_for(
