@@ -145,3 +145,32 @@ def test_copper_liquid_rdf(relaxed):
     assert abs(rdf.first_peak - rdf.r[np.argmax(rdf.g)]) < rdf.r[1] - rdf.r[0]
     far = rdf.r > 5.0
     assert np.all(np.abs(rdf.g[far] - 1) < 0.3)  # no long-range order left: molten
+
+
+def test_a_failing_property_is_reported_and_the_others_measured(tmp_path, monkeypatch):
+    """A LAMMPS run that times out (here the vacancy's, given 0.01 s) makes that property NaN with the reason
+    in `failures`; every other property is still measured."""
+    import vivace.lammps_run as lammps_run
+    import vivace.properties as P
+
+    real = lammps_run.run_lammps
+
+    def slow_vacancy(text, workdir, *args, **kwargs):
+        if workdir.endswith("vacancy_formation_energy"):
+            kwargs["timeout"] = 0.01
+        return real(text, workdir, *args, **kwargs)
+
+    monkeypatch.setattr(P, "run_lammps", slow_vacancy)
+    out = P.all_properties(copper(), str(tmp_path))
+    assert np.isnan(out["vacancy_formation_energy"])
+    assert "did not finish within 0.01 s" in out["failures"]["vacancy_formation_energy"]
+    assert set(out["failures"]) == {"vacancy_formation_energy"}
+    assert out["C11"] > 100 and out["surface_energy_111"] > 0.5 and len(out["x_phonons"]) > 0
+
+
+def test_rdf_peak_of_a_collapsed_liquid_is_its_first_bin():
+    from vivace.properties import _parabola_peak
+
+    r = np.linspace(0.05, 6.0, 120)
+    assert _parabola_peak(r, np.exp(-r)) == r[0]  # atoms on top of each other: g(r) largest at the first bin
+    assert _parabola_peak(r, np.exp(-((r - 2.5) ** 2))) == pytest.approx(2.5, abs=1e-3)

@@ -11,20 +11,22 @@ EAM = f"pair_style eam\npair_coeff 1 1 {wheel_potential('Cu_u3.eam')}"
 SYSTEM = f"lattice fcc 3.615\nregion box block 0 3 0 3 0 3\ncreate_box 1 box\ncreate_atoms 1 box\nmass 1 63.546\n{EAM}"
 
 
-def test_sampled_states_cover_volumes_and_shears():
+def test_sampled_states_cover_volumes_shears_and_uneven_stretches():
     states = sampled_states(12, (100, 1300), max_strain=0.02, max_shear=0.03, seed=0)
-    volumes = [(1 + strain) ** 3 - 1 for _, strain, _ in states]
+    volumes = [np.prod(1 + np.array(normal)) - 1 for _, normal, _ in states]
     assert min(volumes) < -0.04 and max(volumes) > 0.04
     assert sum(any(shear) for _, _, shear in states) == 6
+    uneven = [np.ptp(normal) for _, normal, shear in states if not any(shear)]
+    assert len(uneven) == 6 and min(uneven) > 0.005 and max(uneven) <= 0.06  # C11 - C12 is sampled
     assert all(100 <= t <= 1300 for t, _, _ in states)
 
 
 def test_sheared_frames_have_the_potentials_energy_forces_and_stress(tmp_path):
     frames = nvt_frames(str(tmp_path / "md"), SYSTEM, ["Cu"], 600, 3, 2, 20, equilibrate=50,
-                        deform=deformation_commands(0.015, (0.02, -0.03, 0.01)))
+                        deform=deformation_commands((0.015, -0.01, 0.02), (0.02, -0.03, 0.01)))
     atoms = frames[-1]
     assert abs(atoms.cell.angles() - 90).max() > 0.5  # really triclinic
-    assert abs(atoms.get_volume() / (3 * 3.615) ** 3 - 1.015**3) < 1e-9
+    np.testing.assert_allclose(np.diag(atoms.cell.array), 3 * 3.615 * np.array([1.015, 0.99, 1.02]), rtol=1e-12)
     point = single_point(atoms, EAM, ["Cu"], str(tmp_path / "sp"))
     assert point.energy == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
     np.testing.assert_allclose(point.forces, atoms.get_forces(), atol=1e-9)

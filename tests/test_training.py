@@ -103,7 +103,7 @@ def test_warmup_then_cosine(tmp_path, data):
     """Linear warm-up over 1.5 epochs of optimizer steps, then cosine to the minimum at the last epoch."""
     base, low, epochs = 0.01, 1e-4, 5
     run = train(config(tmp_path, data, max_epochs=epochs, learning_rate=base, min_learning_rate=low,
-                       scheduler="cosine", warmup_epochs=1.5))  # fmt: skip
+                       scheduler="cosine", warmup_epochs=1.5, final_stage_start=None))  # fmt: skip
     lrs = [r["lr"] for r in read_metrics(os.path.join(run, "metrics.csv"))]
     steps_per_epoch, warmup = 3, round(1.5 * 3)  # 10 structures in batches of 4
     start = 1 / (warmup + 1)
@@ -117,9 +117,32 @@ def test_warmup_then_cosine(tmp_path, data):
 def test_early_stopping_and_plateau(tmp_path, data, capsys):
     """With a zero learning rate nothing improves after epoch 1: the plateau schedule has nothing to cut,
     and training stops after `early_stopping_patience` more epochs."""
-    run = train(config(tmp_path, data, max_epochs=20, learning_rate=0.0, early_stopping_patience=3))
+    run = train(config(tmp_path, data, max_epochs=20, learning_rate=0.0, early_stopping_patience=3, final_stage_start=None))
     assert len(read_metrics(os.path.join(run, "metrics.csv"))) == 4
     assert "no improvement of validation force_rmse for 3 epochs" in capsys.readouterr().out
+
+
+def test_final_stage_raises_the_energy_weight_and_drops_the_learning_rate(tmp_path, data, capsys):
+    """From half the epochs on: energy weight 1000, learning rate 0.002, and best.ckpt is one of those epochs
+    even though forces (the monitor) were better before."""
+    run = train(config(tmp_path, data, max_epochs=4, learning_rate=0.01, scheduler="none", final_stage_start=0.5,
+                       final_energy_weight=1000.0, final_learning_rate=0.002))  # fmt: skip
+    assert "final stage from epoch 3: energy weight 1000, learning rate 0.002" in capsys.readouterr().out
+    rows = read_metrics(os.path.join(run, "metrics.csv"))
+    assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.01, 0.002, 0.002])
+    assert load_checkpoint(os.path.join(run, "best.ckpt"))["epoch"] >= 3
+    trainer = load_checkpoint(os.path.join(run, "last.ckpt"))["trainer"]
+    assert trainer["final_stage"] is True
+
+    # the same two first epochs without the final stage give the same training loss; the third differs by the
+    # energy term's weight (the loss is a sum over terms, so a 1000x energy weight shows in the training loss)
+    plain = read_metrics(os.path.join(train(config(tmp_path, data, run="plain", max_epochs=3, learning_rate=0.01,
+                                                   scheduler="none", final_stage_start=None)), "metrics.csv"))  # fmt: skip
+    assert [r["train_loss"] for r in plain[:2]] == pytest.approx([r["train_loss"] for r in rows[:2]], rel=1e-12)
+    assert rows[2]["train_loss"] > 5 * plain[2]["train_loss"]
+
+    with pytest.raises(ValueError, match="final_stage_start"):
+        load_config(config(tmp_path, data, final_stage_start=1.5))
 
 
 def test_loss_terms_weights_and_huber(data):
@@ -162,8 +185,9 @@ def test_loss_terms_weights_and_huber(data):
 
 def test_resume_after_kill_matches_uninterrupted(tmp_path, data):
     """kill -9 during epoch 3 or later, `vivace train --resume`, and every metric of every epoch equals an
-    uninterrupted run's (warm-up, cosine schedule, EMA, AdamW and shuffling all restored)."""
-    settings = dict(max_epochs=8, batch_size=2, optimizer="adamw", weight_decay=0.01, scheduler="cosine", warmup_epochs=1.0, threads=1)
+    uninterrupted run's (warm-up, cosine schedule, final stage, EMA, AdamW and shuffling all restored)."""
+    settings = dict(max_epochs=8, batch_size=2, optimizer="adamw", weight_decay=0.01, scheduler="cosine", warmup_epochs=1.0,
+                    threads=1, final_stage_start=0.125)  # the final stage from epoch 2: resumed inside it
     for name in ("whole", "killed"):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config(tmp_path, data, run=name, **settings)))
     vivace("train", "whole.yaml", cwd=tmp_path)

@@ -21,7 +21,7 @@ from vivace.lammps_run import deformation_commands, nvt_frames, sampled_states, 
 
 ELEMENTS = ["Cu", "Al"]  # LAMMPS types 1 and 2
 MASSES = [63.546, 26.982]
-# (Al fraction, lattice constant in A, temperature in K, linear strain, shear): pure Cu and alloys across the
+# (Al fraction, lattice constant in A, temperature in K, linear strain(s), shear): pure Cu and alloys across the
 # composition range around a Vegard's-law lattice constant (Cu 3.615, Al 4.05 A), each at volumes from -6% to
 # +6% and half of them sheared.
 STATES = [

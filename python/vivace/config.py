@@ -47,6 +47,12 @@ DEFAULTS: Dict[str, Any] = {
         "lr_factor": 0.5,
         "min_learning_rate": 1.0e-6,
         "warmup_epochs": 0.0,  # linear warm-up, counted in optimizer steps
+        # final stage: from this fraction of the budget (of max_epochs or max_minutes, whichever is further
+        # along) on, the energy weighs final_energy_weight and the learning rate drops to final_learning_rate;
+        # best.ckpt is then chosen among its epochs. null for none
+        "final_stage_start": 0.6,
+        "final_energy_weight": 30.0,
+        "final_learning_rate": 0.001,
         "ema_decay": 0.99,  # per step; null for none. Validation, best.ckpt and export use the averaged weights
         "gradient_clip": 10.0,  # max gradient norm (of the dimensionless loss); null for none
         "max_skipped_steps": 10,  # consecutive steps with a non-finite loss or gradient before training stops
@@ -69,6 +75,7 @@ NULLABLE_TYPES: Dict[str, Tuple[type, ...]] = {
     "model.type_names": (list,),
     "model.isolated_atom_energies": (dict,),
     "training.max_minutes": (int, float),
+    "training.final_stage_start": (int, float),
     "training.ema_decay": (int, float),
     "training.gradient_clip": (int, float),
     "training.early_stopping_patience": (int,),
@@ -191,6 +198,11 @@ def load_config(source) -> Dict[str, Any]:
         raise ConfigError("config key 'data.val_fraction' must be in [0, 1)")
     if config["training"]["batch_size"] < 1:
         raise ConfigError("config key 'training.batch_size' must be at least 1")
+    start = config["training"]["final_stage_start"]
+    if start is not None and not 0.0 <= start <= 1.0:
+        raise ConfigError("config key 'training.final_stage_start' must be in [0, 1] (a fraction of the budget) or null")
+    if config["training"]["final_learning_rate"] <= 0:
+        raise ConfigError("config key 'training.final_learning_rate' must be positive")
     return config
 
 

@@ -16,7 +16,7 @@ LATTICE = 3.615  # fcc copper, A
 MASS = 63.546
 
 
-def reference_md(workdir: str, temperature: float, strain: float, shear, seed: int, frames: int, every: int) -> list:
+def reference_md(workdir: str, temperature: float, strain, shear, seed: int, frames: int, every: int) -> list:
     """NVT MD of 108 fcc Cu atoms with EAM in a strained (and sheared) box; labelled ASE frames (energy, forces,
     stress)."""
     system = f"""lattice fcc {LATTICE}
@@ -157,8 +157,8 @@ def main(out: str = "demo_output", minutes: float = 4.0):
     print("== 1/4 reference data: EAM copper (Cu_u3.eam) NVT MD in LAMMPS", flush=True)
     n_train, n_test = make_data(out)
     timings["data"] = time.monotonic() - t0
-    print(f"   {n_train} training frames (100-1300 K, volumes -6% to +6%, half of them sheared; energies, forces, "
-          f"stresses), {n_test} unseen test frames (3 other states)", flush=True)
+    print(f"   {n_train} training frames (100-1300 K, volumes -6% to +6%, half stretched unevenly, half sheared; "
+          f"energies, forces, stresses), {n_test} unseen test frames (3 other states)", flush=True)
 
     print(f"== 2/4 training Allegro for {minutes:g} min", flush=True)
     t = time.monotonic()

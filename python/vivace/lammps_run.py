@@ -51,14 +51,18 @@ def run_lammps(input_text: str, workdir: str, nprocs: int = 1, timeout: float = 
         f.write(input_text)
     run_env = dict(os.environ if env is None else env)
     run_env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.run(
-        (list(command) if command else lammps_command(nprocs)) + ["-in", "in.lammps", "-nocite", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=run_env,
-    )
+    try:
+        proc = subprocess.run(
+            (list(command) if command else lammps_command(nprocs)) + ["-in", "in.lammps", "-nocite", *args],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=run_env,
+        )
+    except subprocess.TimeoutExpired as e:
+        output = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
+        raise LammpsError(f"LAMMPS did not finish within {timeout:g} s (in {workdir})", output) from None
     if proc.returncode != 0:
         errors = [l for l in (proc.stdout + proc.stderr).splitlines() if "ERROR" in l]
         raise LammpsError(errors[0] if errors else (proc.stdout + proc.stderr)[-2000:], proc.stdout + proc.stderr)
@@ -129,10 +133,12 @@ def read_dump_frames(path: str) -> List[np.ndarray]:
     return [rows for _, _, rows in read_dump(path)]
 
 
-def deformation_commands(strain: float = 0.0, shear: Sequence[float] = (0.0, 0.0, 0.0)) -> str:
-    """LAMMPS commands that scale the box by 1 + strain along each axis, then tilt it by the shear strains
-    (xy, xz, yz, as fractions of the box lengths), atoms remapped with the box."""
-    lines = [f"change_box all x scale {1 + strain} y scale {1 + strain} z scale {1 + strain} remap"]
+def deformation_commands(strain=0.0, shear: Sequence[float] = (0.0, 0.0, 0.0)) -> str:
+    """LAMMPS commands that scale the box by 1 + strain along each axis (one strain for all three, or one per
+    axis), then tilt it by the shear strains (xy, xz, yz, as fractions of the box lengths), atoms remapped with
+    the box."""
+    sx, sy, sz = (strain,) * 3 if np.isscalar(strain) else strain
+    lines = [f"change_box all x scale {1 + sx} y scale {1 + sy} z scale {1 + sz} remap"]
     if any(shear):
         xy, xz, yz = shear
         lines += [
@@ -143,16 +149,24 @@ def deformation_commands(strain: float = 0.0, shear: Sequence[float] = (0.0, 0.0
 
 
 def sampled_states(count: int, t_range: Tuple[float, float], max_strain: float = 0.02, max_shear: float = 0.03,
-                   seed: int = 0) -> List[Tuple[float, float, Tuple[float, float, float]]]:
-    """`count` (temperature, linear strain, shear) states for reference MD: strains evenly spread over
-    [-max_strain, max_strain] (volumes -6% to +6% at 0.02), temperatures drawn in t_range, every other
-    state sheared by up to max_shear in xy, xz, yz."""
+                   seed: int = 0) -> List[Tuple[float, Tuple[float, float, float], Tuple[float, float, float]]]:
+    """`count` (temperature, strains along x, y, z, shear) states for reference MD. The mean linear strain is
+    spread evenly over [-max_strain, max_strain] (volumes -6% to +6% at 0.02); every other state is stretched
+    unevenly along the axes (a traceless strain of up to max_shear on top of the mean: the tetragonal and
+    orthorhombic distortions that C11 - C12 measures), the others are tilted by up to max_shear in xy, xz,
+    yz; temperatures are drawn in t_range."""
     rng = np.random.default_rng(seed)
     strains = rng.permutation(np.linspace(-max_strain, max_strain, count))
     states = []
     for k, strain in enumerate(strains):
-        shear = tuple(float(v) for v in rng.uniform(-max_shear, max_shear, 3).round(4)) if k % 2 else (0.0, 0.0, 0.0)
-        states.append((round(float(rng.uniform(*t_range))), round(float(strain), 5), shear))
+        normal, shear = np.full(3, strain), np.zeros(3)
+        if k % 2:
+            shear = rng.uniform(-max_shear, max_shear, 3)
+        else:
+            uneven = rng.uniform(-max_shear, max_shear, 3)
+            normal = normal + uneven - uneven.mean()
+        states.append((round(float(rng.uniform(*t_range))), tuple(float(v) for v in normal.round(5)),
+                       tuple(float(v) for v in shear.round(4))))
     return states
 
 

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .lammps_run import read_dump_frames, run_lammps
+from .lammps_run import LammpsError, read_dump_frames, run_lammps
 
 EV_PER_A3_IN_GPA = 160.21766208
 BAR_IN_GPA = 1e-4
@@ -362,33 +362,51 @@ def _read_rdf(path: str):
 
 
 def _parabola_peak(r: np.ndarray, g: np.ndarray) -> float:
+    """The maximum of the parabola through the highest bin and its neighbours; the bin itself at either end
+    (a collapsed liquid peaks in the first bin)."""
     k = int(np.argmax(g))
+    if k == 0 or k == len(g) - 1:
+        return float(r[k])
     g0, g1, g2 = g[k - 1 : k + 2]
     return float(r[k] + (r[1] - r[0]) * (g0 - g2) / (2 * (g0 - 2 * g1 + g2)))
 
 
 def all_properties(c: Crystal, workdir: str, liquid_temperature: Optional[float] = None) -> dict:
-    """Every property, the relaxed lattice constant fed to the others; `seconds` holds each call's time."""
-    results, seconds = {}, {}
+    """Every property, the relaxed lattice constant fed to the others; `seconds` holds each call's time. A
+    property whose LAMMPS run fails (a lost atom, a timeout) is NaN, with LAMMPS's message in `failures`; the
+    others are still measured."""
+    results, seconds, failures = {}, {}, {}
 
-    def timed(name, function, *args):
+    def timed(name, function, *args, fallback=float("nan")):
         start = time.perf_counter()
-        value = function(c, workdir, *args)
+        try:
+            value = function(c, workdir, *args)
+        except LammpsError as e:
+            value = fallback
+            failures[name] = str(e)
         seconds[name] = time.perf_counter() - start
         return value
 
-    lattice = timed("lattice_constant", lattice_constant)
+    start = time.perf_counter()
+    lattice = lattice_constant(c, workdir)  # everything else needs it: its failure is the function's
+    seconds["lattice_constant"] = time.perf_counter() - start
     a = lattice.a
     results.update(a=a, energy_per_atom=lattice.energy_per_atom)
     results["cohesive_energy"] = timed("cohesive_energy", cohesive_energy, a)
     results["bulk_modulus"] = timed("bulk_modulus", bulk_modulus, a)
-    results.update(timed("elastic_constants", elastic_constants, a))
+    nan = float("nan")
+    results.update(timed("elastic_constants", elastic_constants, a, fallback=dict(C11=nan, C12=nan, C44=nan)))
     results["vacancy_formation_energy"] = timed("vacancy_formation_energy", vacancy_formation_energy, a)
     for miller in SURFACES:
         results[f"surface_energy_{miller}"] = timed(f"surface_energy_{miller}", surface_energy, a, miller)
     results["x_phonons"] = timed("zone_boundary_phonons", zone_boundary_phonons, a)
     if liquid_temperature is not None:
-        rdf = timed("liquid_rdf", liquid_rdf, liquid_temperature, a)
-        results.update(rdf_r=rdf.r, rdf_g=rdf.g, rdf_first_peak=rdf.first_peak)
+        rdf = timed("liquid_rdf", liquid_rdf, liquid_temperature, a, fallback=None)
+        if rdf is not None:
+            results.update(rdf_r=rdf.r, rdf_g=rdf.g, rdf_first_peak=rdf.first_peak)
+        else:
+            results["rdf_first_peak"] = nan
+    if failures:
+        results["failures"] = failures
     results["seconds"] = seconds
     return results

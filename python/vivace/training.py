@@ -108,6 +108,7 @@ class Trainer:
         self.epoch, self.step, self.elapsed = 0, 0, 0.0
         self.skipped_steps, self.skipped_in_a_row = 0, 0
         self.best, self.best_epoch, self.bad_epochs = math.inf, 0, 0
+        self.final_stage = False
         self.rng = np.random.default_rng(config["seed"])
         if last is not None:
             self._restore(last["trainer"])
@@ -192,6 +193,7 @@ class Trainer:
             "best": self.best,
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
+            "final_stage": self.final_stage,
             "skipped_steps": self.skipped_steps,
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
@@ -209,6 +211,8 @@ class Trainer:
         for key in ("epoch", "step", "elapsed", "best", "best_epoch", "bad_epochs"):
             setattr(self, key, state[key])
         self.skipped_steps = state.get("skipped_steps", 0)
+        if state.get("final_stage"):
+            self._enter_final_stage(reset_learning_rate=False)
         self.rng.bit_generator.state = state["numpy_rng"]
         torch.set_rng_state(state["torch_rng"])
 
@@ -223,6 +227,28 @@ class Trainer:
         save_checkpoint(os.path.join(self.run_dir, LAST), {**payload, "trainer": self._state()})
         if best:
             save_checkpoint(os.path.join(self.run_dir, BEST), payload)
+
+    def _progress(self, started: float, budget: float) -> float:
+        """The fraction of the budget used: of max_epochs or of max_minutes, whichever is further along."""
+        used = self.epoch / self.tcfg["max_epochs"]
+        if math.isfinite(budget):
+            used = max(used, (time.monotonic() - started) / budget)
+        return used
+
+    def _enter_final_stage(self, reset_learning_rate: bool = True) -> None:
+        """The energy weight rises and the learning rate drops (as in MACE's second stage): forces are learned
+        first, then the energies of environments that forces alone leave undetermined (surfaces, vacancies:
+        a few meV/atom of systematic offset otherwise). best.ckpt is chosen among this stage's epochs, by the
+        validation loss with these weights."""
+        t = self.tcfg
+        self.final_stage = True
+        self.loss.weights = (float(t["final_energy_weight"]),) + self.loss.weights[1:]
+        if reset_learning_rate:
+            for group in self.optimizer.param_groups:
+                group["lr"] = float(t["final_learning_rate"])
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.best, self.scheduler.num_bad_epochs = self.scheduler.mode_worse, 0
+            self.best, self.bad_epochs = math.inf, 0
 
     # -- one epoch -------------------------------------------------------------------------------------
     def _train_epoch(self, deadline: float) -> float:
@@ -289,9 +315,22 @@ class Trainer:
         return sums.metrics()
 
     def _monitored(self, metrics: Dict[str, float], train_loss: float) -> float:
+        if self.final_stage:
+            return self._validation_objective(metrics)
         key = self.tcfg["monitor"]
         value = train_loss if key == "loss" else metrics[key]
         return value if not math.isnan(value) else metrics["force_rmse"]
+
+    def _validation_objective(self, metrics: Dict[str, float]) -> float:
+        """The loss's weighted sum on the validation RMSEs (up to the common 1/s^2): what the final stage
+        minimises, so that its best epoch is not judged by forces alone."""
+        w_e, w_f, w_s = self.loss.weights
+        subset = self.val_set if self.val_set else self.train_set
+        volumes = [s.volume / s.num_atoms for s in subset if s.stress is not None and s.volume > 0]
+        total = w_e * metrics["energy_rmse"] ** 2 + w_f * metrics["force_rmse"] ** 2
+        if volumes and w_s > 0 and not math.isnan(metrics["stress_rmse"]):
+            total += w_s * (metrics["stress_rmse"] * float(np.mean(volumes))) ** 2
+        return total
 
     # -- the loop --------------------------------------------------------------------------------------
     def fit(self) -> str:
@@ -315,6 +354,15 @@ class Trainer:
         deadline = started + budget
         stop_reason = "max_epochs reached"
         while self.epoch < t["max_epochs"]:
+            start_final = t["final_stage_start"] is not None and self._progress(started, budget) >= t["final_stage_start"]
+            if not self.final_stage and distributed.any_true(start_final):
+                self._enter_final_stage()
+                if self.rank == 0:
+                    print(
+                        f"vivace train: final stage from epoch {self.epoch + 1}: energy weight "
+                        f"{t['final_energy_weight']:g}, learning rate {t['final_learning_rate']:g}",
+                        flush=True,
+                    )
             train_loss = self._train_epoch(deadline)
             self.epoch += 1
             metrics = self._validate()
