@@ -1,15 +1,17 @@
 """Energy+forces time per call and peak memory: vivace's Allegro and NequIP against upstream's.
 
-    python benchmarks/model_speed.py [--upstream-python /path/to/venv/bin/python] [--threads 2]
+    python benchmarks/model_speed.py [--upstream-python /path/to/venv/bin/python] [--threads 1 2]
 
-Structure: frame 0 of ../shared/data/water192 (192 atoms, periodic) and its 2x2x2 supercell (1536 atoms).
-Every case runs in its own process (so peak memory is that case's alone), one after the other, with the
-same thread count. Memory is the peak resident size during the calls (warm-up included) over the resident
+Structure: frame 0 of ../shared/data/water192 (192 atoms, periodic) and its 2x2x2 and 4x4x4 supercells (1536
+and 12288 atoms). Every case runs in its own process (so peak memory is that case's alone), at each thread
+count, ours and upstream's processes alternated over --rounds; the comparison is each code's best (its
+fastest thread count and mode) against the other's best. Memory is the peak resident size during the calls (warm-up included) over the resident
 size before them (model loaded, inputs built). Ours: "eager" is the PyTorch model through the artifact contract (edge forces by
 autograd); "compiled" is the AOTInductor artifact made by `vivace export`, run through the C++ core that
 LAMMPS uses. Upstream (PyPI nequip / nequip-allegro, in its own virtualenv): benchmarks/upstream_model_speed.py,
-eager and its own compiled path. Time is the median of --repeats calls after two warm-up calls. The ratio columns are upstream's best (the
-faster of eager and compiled; the smaller memory) over ours.
+eager and its own compiled path. Time is the median of --repeats calls after two warm-up calls. For Allegro,
+the FLOPs of a call are counted by hand (kernel_speed.allegro_flops) and our best rate is given as a share of
+the machine's peak at its thread count.
 """
 
 import argparse
@@ -140,6 +142,26 @@ def run_json(command) -> dict:
     return json.loads(lines[-1])
 
 
+def combine(results) -> dict:
+    """One case measured in several alternated rounds: the median of the rounds' medians, the largest memory."""
+    good = [r for r in results if "seconds_per_call" in r]
+    if not good:
+        return results[-1] if results else {"error": "not run"}
+    return dict(good[0], seconds_per_call=statistics.median(r["seconds_per_call"] for r in good),
+                peak_memory_mb=max(r["peak_memory_mb"] for r in good), rounds=len(good))  # fmt: skip
+
+
+def flops_of(kind: str, checkpoint: str, edges: int):
+    """Hand-counted FLOPs of one energy+forces call (kernel_speed.allegro_flops); None for NequIP."""
+    if kind != "allegro":
+        return None
+    from kernel_speed import allegro_flops
+
+    from vivace.checkpoint import load_checkpoint, model_from_checkpoint
+
+    return allegro_flops(model_from_checkpoint(load_checkpoint(checkpoint))[0], edges)
+
+
 def main():
     if "--worker" in sys.argv:
         case = argparse.ArgumentParser()
@@ -151,11 +173,13 @@ def main():
         print(json.dumps(worker(case.parse_args())), flush=True)
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="each code runs at each; best vs best")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per process, after two warm-up calls")
+    parser.add_argument("--rounds", type=int, default=2, help="processes per case, ours and upstream's alternated")
     parser.add_argument("--models", nargs="+", default=["allegro", "nequip"])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
-    parser.add_argument("--supercells", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--supercells", nargs="+", type=int, default=[1, 2, 4], help="of the 192-atom cell")
+    parser.add_argument("--peak-gflops", type=float, default=41.6, help="float64 peak per core (see kernel_speed.py)")
     parser.add_argument("--upstream-python", default=os.environ.get("UPSTREAM_PYTHON", "/work/upstream-venv/bin/python"))
     parser.add_argument(
         "--upstream-compiled-supercells", nargs="+", type=int, default=[1, 2],
@@ -168,7 +192,6 @@ def main():
     upstream = os.path.exists(args.upstream_python)
     if not upstream:
         print(f"model_speed: no upstream interpreter at {args.upstream_python}; upstream columns left empty")
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         from vivace.export import export
@@ -180,54 +203,81 @@ def main():
                 artifact = export(checkpoint, os.path.join(folder, f"{kind}-{dtype}.pt2"))
                 print(f"model_speed: exported {kind} {dtype} in {time.perf_counter() - start:.0f} s", flush=True)
                 for supercell in args.supercells:
-                    row = {"model": kind, "dtype": dtype, "supercell": supercell}
-                    for mode in ("eager", "compiled"):
-                        common = ["--model", kind, "--dtype", dtype, "--mode", mode, "--supercell", str(supercell)]
-                        common += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
-                        ours = run_json(
-                            [sys.executable, __file__, "--worker", "--checkpoint", checkpoint, "--artifact", artifact]
-                            + common
-                        )
-                        if mode == "compiled" and supercell not in args.upstream_compiled_supercells:
-                            upstream_args = None
-                        else:
-                            upstream_args = common + ["--data-dir", DATA, "--artifact-dir", folder]
-                        theirs = (
-                            run_json([args.upstream_python, os.path.join(HERE, "upstream_model_speed.py")] + upstream_args)
-                            if upstream and upstream_args
-                            else {"error": "not run"}
-                        )
-                        row[f"ours_{mode}"], row[f"upstream_{mode}"] = ours, theirs
-                        print(f"model_speed: {kind} {dtype} x{supercell} {mode}: ours {ours} | upstream {theirs}", flush=True)
+                    row = {"model": kind, "dtype": dtype, "supercell": supercell, "cases": {}}
+                    for threads in args.threads:
+                        for mode in ("eager", "compiled"):
+                            common = ["--model", kind, "--dtype", dtype, "--mode", mode, "--supercell", str(supercell)]
+                            common += ["--threads", str(threads), "--repeats", str(args.repeats)]
+                            ours_cmd = [sys.executable, __file__, "--worker", "--checkpoint", checkpoint,
+                                        "--artifact", artifact] + common  # fmt: skip
+                            theirs_cmd = None
+                            if upstream and (mode == "eager" or supercell in args.upstream_compiled_supercells):
+                                theirs_cmd = [args.upstream_python, os.path.join(HERE, "upstream_model_speed.py")]
+                                theirs_cmd += common + ["--data-dir", DATA, "--artifact-dir", folder]
+                            ours, theirs = [], []
+                            for _ in range(args.rounds):  # alternated: ours, upstream's, ours, ...
+                                ours.append(run_json(ours_cmd))
+                                if theirs_cmd:
+                                    theirs.append(run_json(theirs_cmd))
+                            row["cases"][("ours", mode, threads)] = combine(ours)
+                            row["cases"][("upstream", mode, threads)] = combine(theirs)
+                            print(f"model_speed: {kind} {dtype} x{supercell} {mode} {threads} threads: ours "
+                                  f"{row['cases'][('ours', mode, threads)]} | upstream "
+                                  f"{row['cases'][('upstream', mode, threads)]}", flush=True)  # fmt: skip
+                    edges = next((c["edges"] for c in row["cases"].values() if "edges" in c), None)
+                    row["flops"] = flops_of(kind, checkpoint, edges) if edges else None
                     rows.append(row)
-    print_table(rows, args.threads)
+    print_table(rows, args)
 
 
-def print_table(rows, threads):
-    def t(case):
-        return f"{1000 * case['seconds_per_call']:9.1f}" if "seconds_per_call" in case else f"{'-':>9}"
+def print_table(rows, args):
+    def best(row, code):
+        timed = [(c["seconds_per_call"], mode, threads) for (who, mode, threads), c in row["cases"].items()
+                 if who == code and "seconds_per_call" in c]  # fmt: skip
+        return min(timed) if timed else None
 
-    def m(case):
-        return f"{case['peak_memory_mb']:8.0f}" if "peak_memory_mb" in case else f"{'-':>8}"
+    def cell(row, code, mode, threads):
+        c = row["cases"].get((code, mode, threads), {})
+        return f"{1000 * c['seconds_per_call']:9.1f}" if "seconds_per_call" in c else f"{'-':>9}"
 
-    print(f"\nenergy+forces per call, {threads} threads; ms, and peak MB over the resident size before the calls")
-    header = "model    dtype    atoms  edges | ours eager ms  MB | ours AOTI ms  MB | upstr eager ms  MB | upstr comp ms  MB | speed-up (best/best, per mode) | memory ratio"
-    print(header)
+    def memory(row, code):
+        found = [c["peak_memory_mb"] for (who, _, _), c in row["cases"].items() if who == code and "peak_memory_mb" in c]
+        return min(found) if found else None
+
+    threads = args.threads
+    print(f"\nenergy+forces per call in ms (median over {args.rounds} alternated processes of the median of "
+          f"{args.repeats} calls); each code at {', '.join(map(str, threads))} threads, eager and compiled "
+          "(ours: AOTInductor through the C++ core); the speed-up is upstream's best over ours, whatever threads and "
+          "mode each took; memory: the smallest peak MB over the resident size before the calls")  # fmt: skip
+    head = f"{'model':8} {'dtype':8} {'atoms':>5} {'edges':>7} |"
+    for code in ("ours", "upstream"):
+        for mode in ("eager", "compiled"):
+            for t in threads:
+                head += f" {code[:2]} {mode[:4]} {t}t".rjust(10)
+        head += " |"
+    head += "  ours best       upstream best    speed-up | GFLOP/s %peak | memory ratio"
+    print(head)
     for row in rows:
-        oe, oc, ue, uc = (row[k] for k in ("ours_eager", "ours_compiled", "upstream_eager", "upstream_compiled"))
-        ref = oe if "atoms" in oe else oc
-        best_up = min((c["seconds_per_call"] for c in (ue, uc) if "seconds_per_call" in c), default=None)
-        mem_up = min((c["peak_memory_mb"] for c in (ue, uc) if "peak_memory_mb" in c), default=None)
-        ratios = []
-        for ours in (oe, oc):
-            ratios.append(f"{best_up / ours['seconds_per_call']:5.1f}x" if best_up and "seconds_per_call" in ours else "   - ")
-        mem_ours = min((c["peak_memory_mb"] for c in (oe, oc) if "peak_memory_mb" in c), default=None)
-        mem_ratio = f"{mem_up / max(mem_ours, 1):5.1f}x" if mem_up and mem_ours else "  -"
-        print(
-            f"{row['model']:8s} {row['dtype']:8s} {ref.get('atoms', '-'):>5} {ref.get('edges', '-'):>6} |"
-            f"{t(oe)} {m(oe)} |{t(oc)} {m(oc)} |{t(ue)} {m(ue)} |{t(uc)} {m(uc)} | "
-            f"eager {ratios[0]} AOTI {ratios[1]} | {mem_ratio}"
-        )
+        ref = next((c for c in row["cases"].values() if "atoms" in c), {})
+        line = f"{row['model']:8} {row['dtype']:8} {ref.get('atoms', '-'):>5} {ref.get('edges', '-'):>7} |"
+        for code in ("ours", "upstream"):
+            for mode in ("eager", "compiled"):
+                for t in threads:
+                    line += " " + cell(row, code, mode, t)
+            line += " |"
+        ours, theirs = best(row, "ours"), best(row, "upstream")
+        describe = lambda b: f"{1000 * b[0]:8.1f} {b[1][:4]} {b[2]}t" if b else f"{'-':>16}"  # noqa: E731
+        ratio = f"{theirs[0] / ours[0]:6.1f}x" if ours and theirs else f"{'-':>7}"
+        line += f" {describe(ours)}  {describe(theirs)}  {ratio} |"
+        if row["flops"] and ours:
+            rate = row["flops"] / ours[0] / 1e9
+            peak = args.peak_gflops * ours[2] * (2 if row["dtype"] == "float32" else 1)
+            line += f" {rate:7.1f} {100 * rate / peak:4.0f}% |"
+        else:
+            line += f" {'-':>7} {'-':>5} |"
+        mo, mu = memory(row, "ours"), memory(row, "upstream")
+        line += f" {mu / max(mo, 1):6.1f}x" if mo and mu else "      -"
+        print(line)
 
 
 if __name__ == "__main__":

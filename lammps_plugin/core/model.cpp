@@ -1,4 +1,5 @@
 #include "model.h"
+#include "kernels.h"
 
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
@@ -179,6 +180,7 @@ Metadata Model::read_metadata(const std::string& path) {
 }
 
 Model::Model(const std::string& path, int device_index) : impl_(std::make_unique<Impl>()) {
+  (void)kernels_version();  // the operators artifacts may call are registered (libvivace_ops.so is loaded)
   impl_->path = path;
   check_readable(path);
   if (device_index >= 0) impl_->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_index));

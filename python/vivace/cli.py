@@ -25,7 +25,7 @@ def _evaluate(args):
 def _export(args):
     from .export import export
 
-    path = export(args.checkpoint, args.output, fmt=args.format, device=args.device)
+    path = export(args.checkpoint, args.output, fmt=args.format, device=args.device, kernel=args.kernel)
     print(f"vivace export: wrote {path}")
 
 
@@ -66,6 +66,8 @@ def main(argv=None):
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--format", choices=["aotinductor", "torchscript"], default=None)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--kernel", choices=["fused", "torch"], default=None,
+                   help="Allegro's tensor product: the fused C++ operator (default on a CPU) or PyTorch's")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("info", help="print an artifact's metadata")

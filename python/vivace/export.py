@@ -24,7 +24,7 @@ class ExportError(RuntimeError):
     pass
 
 
-def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str) -> Dict[str, str]:
+def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str, kernel: str = "torch") -> Dict[str, str]:
     hyper = spec["hyperparameters"]
     r_cut = model.geometry.r_cut
     grouped = hasattr(model, "cpu_edges_per_group")
@@ -40,6 +40,7 @@ def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str)
         "units": spec.get("units", "metal"),
         "device": device,
         "format": fmt,
+        "tensor_product_kernel": kernel,
         "vivace_version": __version__,
         "torch_version": torch.__version__,
     }
@@ -102,8 +103,17 @@ def check_artifact(path: str, wrapper: torch.nn.Module, spec: Dict, device: str)
     return float(max(dev_e, dev_f))
 
 
-def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str = "cpu") -> str:
-    """Writes the artifact to `output` (atomically) and returns its path."""
+def default_kernel(kind: str, device: str) -> str:
+    """The tensor-product kernel an artifact gets unless told: the fused C++ operator for Allegro on a CPU
+    (vivace::channelwise_tp), PyTorch elsewhere (inductor's own kernels for AOTInductor)."""
+    from .nn import kernels
+
+    return "fused" if kind == "allegro" and device == "cpu" and kernels.available() else "torch"
+
+
+def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str = "cpu", kernel: Optional[str] = None) -> str:
+    """Writes the artifact to `output` (atomically) and returns its path. `kernel`: Allegro's tensor-product
+    implementation, "fused" or "torch" (default: default_kernel)."""
     ext = os.path.splitext(output)[1]
     fmt = fmt or FORMATS.get(ext)
     if fmt not in ("aotinductor", "torchscript"):
@@ -119,8 +129,15 @@ def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str 
     model = model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
+    kernel = kernel or default_kernel(spec["kind"], device)
+    if kernel != "torch":
+        if not hasattr(model, "use_kernel"):
+            raise ExportError(f"a {spec['kind']} model has no '{kernel}' kernel (only Allegro's tensor product has)")
+        if device != "cpu":
+            raise ExportError(f"the '{kernel}' kernel runs on a CPU only; export with --kernel torch for {device}")
+        model.use_kernel(kernel)
     wrapper = EdgeForceModel(model).eval()
-    metadata = artifact_metadata(model, spec, device, fmt)
+    metadata = artifact_metadata(model, spec, device, fmt, kernel)
     vectors, edge_index, types = random_graph(len(spec["type_names"]), float(spec["hyperparameters"]["r_max"]), 8, 0)
     example = _torch_inputs(vectors, edge_index, types, len(types), device)
 

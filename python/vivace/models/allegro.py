@@ -114,6 +114,7 @@ class Allegro(nn.Module):
     """Atomic energies (float64) of the nodes of a graph given its edge vectors r_ij = x_j - x_i."""
 
     message_passing_depth = 1  # strictly local: see `center_energies`
+    tensor_product_kernel: str
 
     def __init__(
         self,
@@ -179,6 +180,13 @@ class Allegro(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.readout = MLP([num_scalar_features] + readout_hidden + [1])
         self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination)
+        self.tensor_product_kernel = "torch"
+
+    def use_kernel(self, kernel: str) -> None:
+        """The tensor products' implementation (see ChannelwiseTensorProduct): "torch" or "fused"."""
+        for layer in self.layers:
+            layer.tensor_product.use_kernel(kernel)
+        self.tensor_product_kernel = kernel
 
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         center, neighbor = edge_index[0], edge_index[1]
@@ -223,7 +231,7 @@ class Allegro(nn.Module):
         density_norm = self.density_norm[node_types].view(num_nodes, 1, 1)
 
         slots, width = None, 1
-        if not torch.jit.is_scripting() and not exporting():
+        if not torch.jit.is_scripting() and not exporting() and self.tensor_product_kernel == "torch":
             slots, width = neighbor_slots(center, num_nodes)
         for layer in self.layers:
             new_latents, features = layer(latents, features, sh, cutoff, center, density_norm, slots, width)

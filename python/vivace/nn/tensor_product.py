@@ -225,6 +225,9 @@ def clebsch_gordan_entries(irreps_x: o3.Irreps, irreps_y: o3.Irreps, irreps_out:
     return entries, path_of, values
 
 
+KERNELS = ("torch", "fused")
+
+
 class ChannelwiseTensorProduct(nn.Module):
     """Channel-wise ("uuu") tensor product with one learned weight per channel and path:
 
@@ -233,7 +236,12 @@ class ChannelwiseTensorProduct(nn.Module):
     C_p is the Clebsch-Gordan block of path p in component normalisation, divided by the square root of
     the number of paths into the same output irrep. Output irreps that no path reaches are dropped
     (see `irreps_out`).
+
+    `kernel` picks the implementation: "torch" (PyTorch, differentiable to any order: training) or "fused"
+    (the C++ operator vivace::channelwise_tp, first derivatives only: inference and export on a CPU).
     """
+
+    kernel: str
 
     def __init__(self, irreps_x: o3.Irreps, irreps_y: o3.Irreps, irreps_out: o3.Irreps, channels: int):
         super().__init__()
@@ -242,12 +250,24 @@ class ChannelwiseTensorProduct(nn.Module):
         if len(irreps_out) == 0:
             raise ValueError(f"no tensor-product path from {irreps_x} x {irreps_y} reaches any wanted irrep")
         self.irreps_out = irreps_out
+        self.dim_out = irreps_out.dim
         self.paths = tensor_product_paths(irreps_x, irreps_y, irreps_out)
         entries, path_of, values = clebsch_gordan_entries(irreps_x, irreps_y, irreps_out, self.paths)
         self.contraction = SparseContraction(entries, (irreps_out.dim, irreps_x.dim, irreps_y.dim))
+        self.register_buffer("entries", torch.tensor(entries, dtype=torch.long).t().contiguous(), persistent=False)
         self.register_buffer("path_of_entry", torch.tensor(path_of), persistent=False)
         self.register_buffer("cg", torch.tensor(values, dtype=torch.get_default_dtype()).unsqueeze(-1), persistent=False)
         self.weight = nn.Parameter(torch.randn(len(self.paths), channels))
+        self.kernel = "torch"
+
+    def use_kernel(self, kernel: str) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown tensor-product kernel '{kernel}' (one of {', '.join(KERNELS)})")
+        if kernel == "fused":
+            from .kernels import require
+
+            require()
+        self.kernel = kernel
 
     def forward(
         self, x: torch.Tensor, y_nodes: torch.Tensor, center: torch.Tensor, slots: Optional[torch.Tensor], width: int
@@ -255,6 +275,8 @@ class ChannelwiseTensorProduct(nn.Module):
         """x per edge (E, dim_x, C); y per node (N, dim_y, C), taken at each edge's center. `slots` (see
         `neighbor_slots`), when given, selects the node-grouped matrix multiply."""
         coef = self.weight.index_select(0, self.path_of_entry) * self.cg
+        if self.kernel == "fused":
+            return torch.ops.vivace.channelwise_tp(x, y_nodes, center, coef, self.entries, self.dim_out)
         if slots is not None:
             return self.contraction.node_grouped(x, y_nodes, coef, slots, width)
         return self.contraction(x, gather(y_nodes, center), coef)
