@@ -106,7 +106,8 @@ def test_traced_graph_calls_the_operator_and_its_backward():
 
 
 def test_artifacts_of_both_kernels_equal_the_eager_model(tmp_path):
-    """The exported model with the fused operator and with PyTorch's tensor product, both through the C++ core,
+    """The exported model with the fused operator (AOTInductor, calling it through its proxy executor, and
+    TorchScript) and with PyTorch's tensor product, all through the C++ core,
     against the eager model (PyTorch's), float64, on a graph with ghosts; the metadata names the kernel."""
     from conftest import make_checkpoint
     from vivace import _core
@@ -116,8 +117,8 @@ def test_artifacts_of_both_kernels_equal_the_eager_model(tmp_path):
     checkpoint = make_checkpoint(str(tmp_path / "model.ckpt"))
     vectors, edge_index, types = random_graph(2, 4.0, 17, 3)
     eager = load_backend(checkpoint).evaluate(vectors, edge_index, types, 12)
-    for kernel in ("fused", "torch"):
-        path = export(checkpoint, str(tmp_path / f"{kernel}.pth"), kernel=kernel)
+    for kernel, ext in (("fused", ".pt2"), ("fused", ".pth"), ("torch", ".pth")):
+        path = export(checkpoint, str(tmp_path / f"{kernel}{ext}"), kernel=kernel)
         model = _core.Model(path, -1)
         assert model.metadata["tensor_product_kernel"] == kernel
         for ours, reference in zip(model.evaluate(vectors, edge_index, types, 12), eager):

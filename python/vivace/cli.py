@@ -67,7 +67,7 @@ def main(argv=None):
     p.add_argument("--format", choices=["aotinductor", "torchscript"], default=None)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--kernel", choices=["fused", "torch"], default=None,
-                   help="Allegro's tensor product: the fused C++ operator (default on a CPU) or PyTorch's")
+                   help="Allegro's tensor product: PyTorch's (default) or the fused C++ operator (CPU only)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("info", help="print an artifact's metadata")

@@ -104,11 +104,10 @@ def check_artifact(path: str, wrapper: torch.nn.Module, spec: Dict, device: str)
 
 
 def default_kernel(kind: str, device: str) -> str:
-    """The tensor-product kernel an artifact gets unless told: the fused C++ operator for Allegro on a CPU
-    (vivace::channelwise_tp), PyTorch elsewhere (inductor's own kernels for AOTInductor)."""
-    from .nn import kernels
-
-    return "fused" if kind == "allegro" and device == "cpu" and kernels.available() else "torch"
+    """The tensor-product kernel an artifact gets unless told: PyTorch's (inductor's own kernels in AOTInductor).
+    The fused C++ operator (vivace::channelwise_tp, Allegro on a CPU) is opt-in, `kernel="fused"`, until it beats
+    them at every thread count (benchmarks/kernel_speed.py: 0.9-1.08x of their speed at 1 thread, 0.7-0.9x at 2)."""
+    return "torch"
 
 
 def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str = "cpu", kernel: Optional[str] = None) -> str:
