@@ -124,6 +124,16 @@ inline void contract_row(const int64_t* order, int64_t begin, int64_t end, const
   }
 }
 
+// Every row r of one output block: acc = the sum over the entries with index r, then store(r, acc).
+template <typename T, typename RowsOf, typename Store>
+inline void contract_rows(const Grouped& g, int64_t rows, const T* coef, int64_t C, int64_t c0, int64_t width,
+                          RowsOf rows_of, T* acc, Store store) {
+  for (int64_t r = 0; r < rows; ++r) {
+    contract_row(g.order.data(), g.start[r], g.start[r + 1], coef, C, c0, width, rows_of, acc);
+    store(r, acc);
+  }
+}
+
 template <typename T>
 void forward_kernel(const T* x, const T* y, const int64_t* center, const T* coef, Entries q, T* out,
                     int64_t num_edges, int64_t dim_x, int64_t dim_y, int64_t dim_out, int64_t C) {
@@ -137,10 +147,8 @@ void forward_kernel(const T* x, const T* y, const int64_t* center, const T* coef
       auto factors = [&](int64_t p) { return std::make_pair(xe + q.m[p] * C, yi + q.n[p] * C); };
       for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
         const int64_t width = std::min(kBlock<T>, C - c0);
-        for (int64_t k = 0; k < dim_out; ++k) {
-          contract_row(by_k.order.data(), by_k.start[k], by_k.start[k + 1], coef, C, c0, width, factors, acc);
-          std::copy(acc, acc + width, oe + k * C + c0);
-        }
+        contract_rows(by_k, dim_out, coef, C, c0, width, factors, acc,
+                      [&](int64_t k, const T* sum) { std::copy(sum, sum + width, oe + k * C + c0); });
       }
     }
   });
@@ -172,15 +180,12 @@ void backward_kernel(const T* g, const T* x, const T* y, const int64_t* center, 
         auto for_y = [&](int64_t p) { return std::make_pair(ge + q.k[p] * C, xe + q.m[p] * C); };
         for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
           const int64_t width = std::min(kBlock<T>, C - c0);
-          for (int64_t m = 0; m < dim_x; ++m) {
-            contract_row(by_m.order.data(), by_m.start[m], by_m.start[m + 1], coef, C, c0, width, for_x, acc);
-            std::copy(acc, acc + width, gxe + m * C + c0);
-          }
-          for (int64_t n = 0; n < dim_y; ++n) {
-            contract_row(by_n.order.data(), by_n.start[n], by_n.start[n + 1], coef, C, c0, width, for_y, acc);
+          contract_rows(by_m, dim_x, coef, C, c0, width, for_x, acc,
+                        [&](int64_t m, const T* sum) { std::copy(sum, sum + width, gxe + m * C + c0); });
+          contract_rows(by_n, dim_y, coef, C, c0, width, for_y, acc, [&](int64_t n, const T* sum) {
             T* __restrict__ row = gyi + n * C + c0;
-            for (int64_t j = 0; j < width; ++j) row[j] += acc[j];
-          }
+            for (int64_t j = 0; j < width; ++j) row[j] += sum[j];
+          });
         }
         if (coef_sum) {
           for (int64_t p = 0; p < q.count; ++p) {
