@@ -81,6 +81,9 @@ def _compile_aotinductor(wrapper, example, metadata, path):
 
 
 def _compile_torchscript(wrapper, metadata, path):
+    from .nn import kernels
+
+    kernels.available()  # scripting resolves torch.ops.vivace.* in every branch, the fused kernel's included
     scripted = torch.jit.script(wrapper)
     text = "".join(f"{k}={v}\n" for k, v in metadata.items())
     torch.jit.save(scripted, path, _extra_files={TORCHSCRIPT_METADATA_FILE: text})
