@@ -57,7 +57,7 @@ def allegro_flops(model, num_edges: int) -> float:
             fan_in, fan_out = module.weight.shape
             per_edge += 2 * 2 * fan_in * fan_out  # forward, and backward to the input
         elif isinstance(module, ChannelwiseTensorProduct):
-            per_edge += (3 + 5) * module.entries.shape[1] * module.weight.shape[1]
+            per_edge += (3 + 5) * module.contraction.entries.shape[1] * module.weight.shape[1]
     return per_edge * num_edges
 
 

@@ -106,16 +106,11 @@ def check_artifact(path: str, wrapper: torch.nn.Module, spec: Dict, device: str)
     return float(max(dev_e, dev_f))
 
 
-def default_kernel(kind: str, device: str) -> str:
-    """The tensor-product kernel an artifact gets unless told: PyTorch's (inductor's own kernels in AOTInductor).
-    The fused C++ operator (vivace::channelwise_tp, Allegro on a CPU) is opt-in, `kernel="fused"`, until it beats
-    them at every thread count (benchmarks/kernel_speed.py: 0.9-1.08x of their speed at 1 thread, 0.7-0.9x at 2)."""
-    return "torch"
-
-
 def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str = "cpu", kernel: Optional[str] = None) -> str:
     """Writes the artifact to `output` (atomically) and returns its path. `kernel`: Allegro's tensor-product
-    implementation, "fused" or "torch" (default: default_kernel)."""
+    implementation: "torch" (default; inductor's own kernels in AOTInductor) or "fused", the C++ operator
+    vivace::channelwise_tp (Allegro on a CPU), opt-in until it beats them at every thread count
+    (benchmarks/kernel_speed.py: 0.94-1.08x of their speed at 1 thread, 0.70-0.92x at 2)."""
     ext = os.path.splitext(output)[1]
     fmt = fmt or FORMATS.get(ext)
     if fmt not in ("aotinductor", "torchscript"):
@@ -131,7 +126,7 @@ def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str 
     model = model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
-    kernel = kernel or default_kernel(spec["kind"], device)
+    kernel = kernel or "torch"
     if kernel != "torch":
         if not hasattr(model, "use_kernel"):
             raise ExportError(f"a {spec['kind']} model has no '{kernel}' kernel (only Allegro's tensor product has)")

@@ -325,11 +325,11 @@ class Trainer:
         """The loss's weighted sum on the validation RMSEs (up to the common 1/s^2): what the final stage
         minimises, so that its best epoch is not judged by forces alone."""
         w_e, w_f, w_s = self.loss.weights
-        subset = self.val_set if self.val_set else self.train_set
-        volumes = [s.volume / s.num_atoms for s in subset if s.stress is not None and s.volume > 0]
         total = w_e * metrics["energy_rmse"] ** 2 + w_f * metrics["force_rmse"] ** 2
-        if volumes and w_s > 0 and not math.isnan(metrics["stress_rmse"]):
-            total += w_s * (metrics["stress_rmse"] * float(np.mean(volumes))) ** 2
+        if w_s > 0 and not math.isnan(metrics["stress_rmse"]):
+            subset = self.val_set if self.val_set else self.train_set
+            volume = np.mean([s.volume / s.num_atoms for s in subset if s.stress is not None and s.volume > 0])
+            total += w_s * (metrics["stress_rmse"] * float(volume)) ** 2
         return total
 
     # -- the loop --------------------------------------------------------------------------------------

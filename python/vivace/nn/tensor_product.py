@@ -89,8 +89,8 @@ class SparseContraction(nn.Module):
             self.register_buffer(f"q_{name}", table[:, 2].contiguous(), persistent=False)
             self.widths[name] = width
         index = torch.tensor(entries, dtype=torch.long).reshape(-1, 3)
-        for space in range(3):
-            self.register_buffer(f"entry_{space}", index[:, space].contiguous(), persistent=False)
+        # (3, Q): each entry's index in the out, x and y spaces (the layout of vivace::channelwise_tp)
+        self.register_buffer("entries", index.t().contiguous(), persistent=False)
         # position of each entry in the dense kernel (x component, y component, out component), flattened
         dense = (index[:, 1] * dims[2] + index[:, 2]) * dims[0] + index[:, 0]
         self.register_buffer("dense_index", dense.contiguous(), persistent=False)
@@ -198,7 +198,7 @@ class _Contract(torch.autograd.Function):
             grad_y = _reduce_broadcast(grad_y, y)
         if ctx.needs_input_grad[2]:
             space = {o: grad, a: x, b: y}
-            terms = [space[s].index_select(1, getattr(plan, f"entry_{s}")) for s in range(3)]
+            terms = [space[s].index_select(1, plan.entries[s]) for s in range(3)]
             grad_coef = (terms[0] * terms[1] * terms[2]).sum(0)
             if coef.shape[-1] == 1:
                 grad_coef = grad_coef.sum(-1, keepdim=True)
@@ -254,7 +254,6 @@ class ChannelwiseTensorProduct(nn.Module):
         self.paths = tensor_product_paths(irreps_x, irreps_y, irreps_out)
         entries, path_of, values = clebsch_gordan_entries(irreps_x, irreps_y, irreps_out, self.paths)
         self.contraction = SparseContraction(entries, (irreps_out.dim, irreps_x.dim, irreps_y.dim))
-        self.register_buffer("entries", torch.tensor(entries, dtype=torch.long).t().contiguous(), persistent=False)
         self.register_buffer("path_of_entry", torch.tensor(path_of), persistent=False)
         self.register_buffer("cg", torch.tensor(values, dtype=torch.get_default_dtype()).unsqueeze(-1), persistent=False)
         self.weight = nn.Parameter(torch.randn(len(self.paths), channels))
@@ -276,7 +275,7 @@ class ChannelwiseTensorProduct(nn.Module):
         `neighbor_slots`), when given, selects the node-grouped matrix multiply."""
         coef = self.weight.index_select(0, self.path_of_entry) * self.cg
         if self.kernel == "fused":
-            return torch.ops.vivace.channelwise_tp(x, y_nodes, center, coef, self.entries, self.dim_out)
+            return torch.ops.vivace.channelwise_tp(x, y_nodes, center, coef, self.contraction.entries, self.dim_out)
         if slots is not None:
             return self.contraction.node_grouped(x, y_nodes, coef, slots, width)
         return self.contraction(x, gather(y_nodes, center), coef)
