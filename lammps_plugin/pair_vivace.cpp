@@ -13,12 +13,28 @@
 
 #include "model.h"
 
+#include <sys/resource.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 
 using namespace LAMMPS_NS;
+
+namespace {
+
+class GhostExchange : public vivace::FeatureExchange {
+ public:
+  explicit GhostExchange(PairVivace &pair) : pair(pair) {}
+  void fill(double *rows, int width) override { pair.fill_ghost_rows(rows, width); }
+  void drain(double *rows, int width) override { pair.drain_ghost_rows(rows, width); }
+
+ private:
+  PairVivace &pair;
+};
+
+}  // namespace
 
 PairVivace::PairVivace(LAMMPS *lmp, const std::string &kind_) : Pair(lmp), kind(kind_) {
   single_enable = 0;
@@ -27,7 +43,7 @@ PairVivace::PairVivace(LAMMPS *lmp, const std::string &kind_) : Pair(lmp), kind(
   manybody_flag = 1;
   no_virial_fdotr_compute = 1;
   centroidstressflag = CENTROID_AVAIL;
-  ghostneigh = kind == "nequip" ? 1 : 0;  // set before pair_coeff so that pair_style hybrid sees it
+  ghostneigh = 0;  // 1 for nequip's ghost shell (settings)
 }
 
 PairVivace::~PairVivace() {
@@ -48,27 +64,34 @@ void PairVivace::allocate() {
     for (int j = 0; j < n; j++) setflag[i][j] = 0;
 }
 
-// pair_style allegro|nequip [threads N] [chunk N]
+// pair_style allegro [threads N] [chunk N] | pair_style nequip [threads N] [chunk N] [shell]
+// chunk: edges per group of centers the model runs on (allegro; nequip exchanging features), 0: all at once
 void PairVivace::settings(int narg, char **arg) {
   requested_threads = 0;
   requested_chunk = -1;
+  shell = false;
   int iarg = 0;
   while (iarg < narg) {
-    if (strcmp(arg[iarg], "threads") == 0) {
+    if (strcmp(arg[iarg], "shell") == 0) {
+      if (kind != "nequip") error->all(FLERR, "pair_style {}: 'shell' applies to nequip only", kind);
+      shell = true;
+      iarg += 1;
+    } else if (strcmp(arg[iarg], "threads") == 0) {
       if (iarg + 2 > narg) error->all(FLERR, "pair_style {}: 'threads' needs a value", kind);
       requested_threads = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
       if (requested_threads < 1) error->all(FLERR, "pair_style {}: threads must be at least 1", kind);
       iarg += 2;
     } else if (strcmp(arg[iarg], "chunk") == 0) {
       if (iarg + 2 > narg) error->all(FLERR, "pair_style {}: 'chunk' needs a value", kind);
-      if (kind != "allegro") error->all(FLERR, "pair_style {}: 'chunk' applies to allegro only", kind);
       requested_chunk = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
       if (requested_chunk < 0) error->all(FLERR, "pair_style {}: chunk must be 0 (whole graph) or positive", kind);
       iarg += 2;
     } else {
-      error->all(FLERR, "pair_style {}: unknown keyword '{}' (known: threads, chunk)", kind, arg[iarg]);
+      error->all(FLERR, "pair_style {}: unknown keyword '{}' (known: threads, chunk{})", kind, arg[iarg],
+                 kind == "nequip" ? ", shell" : "");
     }
   }
+  ghostneigh = shell ? 1 : 0;  // before pair_coeff, so that pair_style hybrid sees it
 }
 
 // This rank's index among the ranks of `world` on the same node (collective over world).
@@ -157,8 +180,9 @@ void PairVivace::coeff(int narg, char **arg) {
       max_cutoff = std::max(max_cutoff, meta.cutoff(a, b));
     }
   depth = std::max(1, meta.message_passing_depth);
-  if (depth > 1 && !ghostneigh)
-    error->all(FLERR, "pair_style {}: the model passes messages over {} hops; use pair_style nequip", kind, depth);
+  int widest = 0;
+  for (int w : meta.feature_widths) widest = std::max(widest, w);
+  comm_forward = comm_reverse = shell ? 0 : widest;  // LAMMPS sizes its buffers from these at init
 
   for (int i = 1; i <= ntypes; i++)
     for (int j = 1; j <= ntypes; j++) setflag[i][j] = (type_map[i] >= 0 && type_map[j] >= 0) ? 1 : 0;
@@ -184,9 +208,26 @@ void PairVivace::init_style() {
   if (force->newton_pair == 0 && !newton_off_supported)
     error->all(FLERR, "pair_style {} requires newton pair on", kind);
   if (atom->tag_enable == 0) error->all(FLERR, "pair_style {} requires atom IDs", kind);
-  neighbor->add_request(this, depth > 1 ? NeighConst::REQ_FULL | NeighConst::REQ_GHOST : NeighConst::REQ_FULL);
+  neighbor->add_request(this, shell ? NeighConst::REQ_FULL | NeighConst::REQ_GHOST : NeighConst::REQ_FULL);
 
-  if (depth > 1) {
+  if (depth > 1 && !shell) {
+    // under pair_style hybrid, LAMMPS sizes its buffers from the hybrid style's sizes
+    force->pair->comm_forward = std::max(force->pair->comm_forward, comm_forward);
+    force->pair->comm_reverse = std::max(force->pair->comm_reverse, comm_reverse);
+    if (comm->nprocs > 1 && !model->exchanges_features())
+      error->all(FLERR,
+                 "pair_style {}: the model's artifact holds no programs for exchanging features between ranks "
+                 "(exported by an older vivace): export it again, or use 'pair_style {} shell'",
+                 kind, kind);
+    if (comm->me == 0)
+      utils::logmesg(lmp,
+                     comm->nprocs > 1
+                         ? "pair_style {}: exchanging node features between ranks after each of {} layers (no ghost shell)\n"
+                         : "pair_style {}: one rank: ghost atoms merged with the atoms they image, one graph of the "
+                           "periodic system ({} layers)\n",
+                     kind, depth);
+  }
+  if (depth > 1 && shell) {
     // Every atom within D hops of a local atom must be a ghost for the whole reneighboring interval.
     const double shell = depth * max_cutoff + neighbor->skin;
     if (comm->cutghostuser < shell) comm->cutghostuser = shell;
@@ -218,8 +259,13 @@ double PairVivace::init_one(int i, int j) {
   return cut;
 }
 
+// Several ranks exchange features between the layers of a message-passing model (see the header).
+bool PairVivace::exchanging() const { return depth > 1 && !shell && comm->nprocs > 1; }
+
 // Nodes in order of hops from the local atoms: mapped local atoms first (these count), then each shell.
-// Edges run from every node fewer than `depth` hops away to all its neighbors within the type-pair cutoff.
+// Edges run from every node fewer than `hops` hops away to all its neighbors within the type-pair cutoff:
+// one hop but for nequip's ghost shell. Without the shell, nequip's ghosts that image an atom of this rank
+// are that atom's node, and the images of one atom of another rank share one node.
 void PairVivace::build_graph() {
   double **x = atom->x;
   const int *type = atom->type;
@@ -229,11 +275,14 @@ void PairVivace::build_graph() {
   const int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
 
+  const int hops = shell ? depth : 1;
+  const bool merge_images = kind == "nequip" && !shell;
   node_of_atom.assign(nall, -1);
   atom_of_node.clear();
   node_type.clear();
   edge_center.clear();
   edge_neighbor.clear();
+  edge_atom.clear();
   edge_vectors.clear();
 
   auto add_node = [&](int a) {
@@ -251,8 +300,23 @@ void PairVivace::build_graph() {
   }
   num_local_nodes = static_cast<int64_t>(atom_of_node.size());
 
+  node_of_tag.clear();
+  if (merge_images)
+    for (int64_t n = 0; n < num_local_nodes; n++) node_of_tag[atom->tag[atom_of_node[n]]] = static_cast<int>(n);
+  auto node_of_neighbor = [&](int j) {
+    if (node_of_atom[j] >= 0) return node_of_atom[j];
+    if (!merge_images) {
+      add_node(j);
+      return node_of_atom[j];
+    }
+    auto found = node_of_tag.find(atom->tag[j]);
+    if (found != node_of_tag.end()) return node_of_atom[j] = found->second;
+    add_node(j);
+    return node_of_tag[atom->tag[j]] = node_of_atom[j];
+  };
+
   size_t shell_begin = 0;
-  for (int hop = 0; hop < depth; hop++) {
+  for (int hop = 0; hop < hops; hop++) {
     const size_t shell_end = atom_of_node.size();
     for (size_t n = shell_begin; n < shell_end; n++) {
       const int i = atom_of_node[n];
@@ -264,9 +328,9 @@ void PairVivace::build_graph() {
         if (tj < 0) continue;
         const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
         if (dx * dx + dy * dy + dz * dz >= cutsq_by_type[ti * T + tj]) continue;
-        if (node_of_atom[j] < 0) add_node(j);
         edge_center.push_back(static_cast<int64_t>(n));
-        edge_neighbor.push_back(node_of_atom[j]);
+        edge_neighbor.push_back(node_of_neighbor(j));
+        edge_atom.push_back(j);
         edge_vectors.insert(edge_vectors.end(), {dx, dy, dz});
       }
     }
@@ -289,10 +353,18 @@ void PairVivace::compute(int eflag, int vflag) {
   g.num_edges = static_cast<int64_t>(edge_center.size());
   g.num_local = num_local_nodes;
 
+  if (kind == "nequip" && !shell && !exchanging() && g.num_nodes != g.num_local)
+    error->one(FLERR, "pair_style {}: {} ghost atom(s) image no atom of this rank on a single rank", kind,
+               g.num_nodes - g.num_local);
   atomic_energy.resize(g.num_nodes);
   edge_forces.resize(3 * g.num_edges);
   try {
-    model->evaluate(g, atomic_energy.data(), edge_forces.data());
+    if (exchanging()) {
+      GhostExchange exchange(*this);
+      model->evaluate_exchanging(g, exchange, atomic_energy.data(), edge_forces.data());
+    } else {
+      model->evaluate(g, atomic_energy.data(), edge_forces.data());
+    }
   } catch (const vivace::Error &e) {
     error->one(FLERR, "pair_style {}: {}", kind, e.what());
   }
@@ -321,7 +393,7 @@ void PairVivace::tally() {
 
   const size_t E = edge_center.size();
   for (size_t k = 0; k < E; k++) {
-    const int i = atom_of_node[edge_center[k]], j = atom_of_node[edge_neighbor[k]];
+    const int i = atom_of_node[edge_center[k]], j = edge_atom[k];
     const double *g = &edge_forces[3 * k];
     const double *r = &edge_vectors[3 * k];
     checksum += g[0] + g[1] + g[2];
@@ -362,11 +434,58 @@ void PairVivace::report_non_finite() {
       error->one(FLERR,
                  "pair_style {}: the model gave a non-finite force on the pair of atoms {} and {} ({:.4g} A apart) "
                  "at step {}",
-                 kind, atom->tag[atom_of_node[edge_center[k]]], atom->tag[atom_of_node[edge_neighbor[k]]],
+                 kind, atom->tag[atom_of_node[edge_center[k]]], atom->tag[edge_atom[k]],
                  std::sqrt(edge_vectors[3 * k] * edge_vectors[3 * k] + edge_vectors[3 * k + 1] * edge_vectors[3 * k + 1] +
                            edge_vectors[3 * k + 2] * edge_vectors[3 * k + 2]),
                  update->ntimestep);
   }
+}
+
+// Ghost nodes' rows from their owners: local nodes' rows onto their atoms, LAMMPS's forward communication
+// (which also relays rows through ghosts that are no node here), then the ghost nodes' atoms.
+void PairVivace::fill_ghost_rows(double *rows, int width) {
+  const size_t w = width;
+  exchange_width = width;
+  atom_rows.assign((atom->nlocal + atom->nghost) * w, 0.0);
+  for (int64_t n = 0; n < num_local_nodes; n++) std::copy_n(rows + n * w, w, &atom_rows[atom_of_node[n] * w]);
+  comm->forward_comm(this);
+  for (size_t n = num_local_nodes; n < atom_of_node.size(); n++)
+    std::copy_n(&atom_rows[atom_of_node[n] * w], w, rows + n * w);
+}
+
+// Ghost nodes' rows added to their owners' through LAMMPS's reverse communication.
+void PairVivace::drain_ghost_rows(double *rows, int width) {
+  const size_t w = width;
+  exchange_width = width;
+  atom_rows.assign((atom->nlocal + atom->nghost) * w, 0.0);
+  for (size_t n = num_local_nodes; n < atom_of_node.size(); n++)
+    std::copy_n(rows + n * w, w, &atom_rows[atom_of_node[n] * w]);
+  comm->reverse_comm(this);
+  for (int64_t n = 0; n < num_local_nodes; n++)
+    for (size_t c = 0; c < w; c++) rows[n * w + c] += atom_rows[atom_of_node[n] * w + c];
+}
+
+int PairVivace::pack_forward_comm(int n, int *list, double *buf, int, int *) {
+  const size_t w = exchange_width;
+  for (int i = 0; i < n; i++) std::copy_n(&atom_rows[list[i] * w], w, buf + i * w);
+  return n * exchange_width;
+}
+
+void PairVivace::unpack_forward_comm(int n, int first, double *buf) {
+  const size_t w = exchange_width;
+  std::copy_n(buf, n * w, &atom_rows[first * w]);
+}
+
+int PairVivace::pack_reverse_comm(int n, int first, double *buf) {
+  const size_t w = exchange_width;
+  std::copy_n(&atom_rows[first * w], n * w, buf);
+  return n * exchange_width;
+}
+
+void PairVivace::unpack_reverse_comm(int n, int *list, double *buf) {
+  const size_t w = exchange_width;
+  for (int i = 0; i < n; i++)
+    for (size_t c = 0; c < w; c++) atom_rows[list[i] * w + c] += buf[i * w + c];
 }
 
 // At the end of a run: where the pair style's time went, averaged over ranks.
@@ -374,6 +493,10 @@ void PairVivace::finish() {
   double mine[4] = {seconds_total, seconds_graph, seconds_model, static_cast<double>(calls)};
   double sum[4];
   MPI_Allreduce(mine, sum, 4, MPI_DOUBLE, MPI_SUM, world);
+  struct rusage usage;
+  getrusage(RUSAGE_SELF, &usage);
+  double peak_mb = usage.ru_maxrss / 1024.0, largest_mb = 0.0;  // ru_maxrss: kB on Linux
+  MPI_Allreduce(&peak_mb, &largest_mb, 1, MPI_DOUBLE, MPI_MAX, world);
   if (comm->me != 0 || sum[3] == 0.0 || sum[0] <= 0.0) return;
   const double per_call_ms = 1e3 * sum[0] / sum[3];
   const double other = sum[0] - sum[1] - sum[2];
@@ -382,4 +505,5 @@ void PairVivace::finish() {
                  "(graph {:.1f}%, copies and forces {:.1f}%)\n",
                  kind, per_call_ms, 100.0 * sum[2] / sum[0], 100.0 * (sum[1] + other) / sum[0],
                  100.0 * sum[1] / sum[0], 100.0 * other / sum[0]);
+  utils::logmesg(lmp, "pair_style {}: peak resident memory of the largest rank {:.0f} MB\n", kind, largest_mb);
 }

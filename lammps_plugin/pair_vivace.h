@@ -1,21 +1,26 @@
 // The pair styles of vivace: an exported equivariant model evaluated by vivace's inference core.
 //
-// The graph handed to the model is hop-limited: local atoms, then every atom reachable within the model's
-// message-passing depth D (1 for Allegro, the number of layers for NequIP). Edges run from every node fewer
-// than D hops from a local atom, so the energies of local atoms are exact; forces on ghosts go back through
-// newton on. For D > 1 the ghost shell is D times the largest cutoff, and ghosts get neighbor lists.
+// Allegro (strictly local): local atoms and their ghosts within one cutoff, edges from the local atoms.
+// NequIP (message passing over D layers) in one of two ways:
+// - exchange (default): the same one-cutoff graph, with every ghost that images an atom of this rank merged
+//   into it (on one rank: the periodic graph, run as one program). On several ranks the model runs layer by
+//   layer; before each layer ghost features come from their owners (forward communication), and in the
+//   backward pass the gradients with respect to them go back to their owners (reverse communication).
+// - shell: every atom within D hops of a local atom is a node (a ghost shell D times the cutoff, ghosts with
+//   neighbor lists) and edges run from every node fewer than D hops away, so local energies are exact
+//   without any exchange, at the price of the shell's redundant work.
+// Forces on ghosts go back to their owners through newton on.
 #pragma once
 
 #include "pair.h"
 
+#include "model.h"
+
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
-
-namespace vivace {
-class Model;
-}
 
 namespace LAMMPS_NS {
 
@@ -31,6 +36,14 @@ class PairVivace : public Pair {
   double init_one(int, int) override;
   void finish() override;
 
+  // node features between layers (exchange mode on several ranks): vivace::FeatureExchange's fill and drain
+  void fill_ghost_rows(double *rows, int width);
+  void drain_ghost_rows(double *rows, int width);
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+
  protected:
   const std::string kind;  // "allegro" | "nequip": the model kind this style accepts
   std::unique_ptr<vivace::Model> model;
@@ -38,6 +51,7 @@ class PairVivace : public Pair {
   std::vector<double> cutsq_by_type;  // model (center, neighbor) type pair -> squared cutoff
   double max_cutoff = 0.0;
   int depth = 1;  // message-passing depth of the model
+  bool shell = false;  // nequip: a ghost shell of depth x cutoff instead of exchanging features
   int requested_threads = 0;
   long requested_chunk = -1;  // edges per center group (allegro); -1: the core's default for the device
   int device_index = -1;  // -1: CPU
@@ -46,9 +60,13 @@ class PairVivace : public Pair {
   int64_t num_local_nodes = 0;  // nodes [0, num_local_nodes) are local atoms
 
   // Per-step scratch, reused between steps.
-  std::vector<int> node_of_atom, atom_of_node;
+  std::vector<int> node_of_atom, atom_of_node;  // a node's atom: for a merged or exchanged ghost, one image
+  std::vector<int> edge_atom;                    // the neighbor atom (local or ghost) of each edge
+  std::unordered_map<tagint, int> node_of_tag;   // merging images: the node of each atom ID seen
   std::vector<int64_t> node_type, edge_center, edge_neighbor;
   std::vector<double> edge_vectors, atomic_energy, edge_forces;
+  std::vector<double> atom_rows;  // one row of features per local and ghost atom while they are exchanged
+  int exchange_width = 0;
 
   // Wall seconds summed over the run: the whole compute(), graph building, the model itself.
   double seconds_total = 0.0, seconds_graph = 0.0, seconds_model = 0.0;
@@ -57,6 +75,7 @@ class PairVivace : public Pair {
   void allocate();
   int node_local_rank();
   void load_model(const std::string &path);
+  bool exchanging() const;
   void build_graph();
   void tally();
   void report_non_finite();

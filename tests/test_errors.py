@@ -89,8 +89,8 @@ def test_bad_pair_style_keyword(tmp_path, artifact):
     assert "unknown keyword 'fast' (known: threads, chunk)" in message
     message = lammps_error(tmp_path, f"pair_coeff * * {artifact('allegro')} Al Cu", pair_style="pair_style allegro chunk -5")
     assert "chunk must be 0 (whole graph) or positive" in message
-    message = lammps_error(tmp_path, f"pair_coeff * * {artifact('nequip')} Al Cu", pair_style="pair_style nequip chunk 100")
-    assert "'chunk' applies to allegro only" in message
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifact('nequip')} Al Cu", pair_style="pair_style nequip fast")
+    assert "unknown keyword 'fast' (known: threads, chunk, shell)" in message
 
 
 def test_config_errors(tmp_path):

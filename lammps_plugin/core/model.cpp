@@ -113,6 +113,14 @@ Metadata Metadata::parse(const std::map<std::string, std::string>& raw) {
   auto group = raw.find("edges_per_group");
   if (group != raw.end()) m.edges_per_group = static_cast<int64_t>(to_double("edges_per_group", group->second));
   if (m.edges_per_group < 0) throw Error("artifact metadata edges_per_group must not be negative");
+  auto layers = raw.find("exchange_layers");
+  if (layers != raw.end() && !layers->second.empty()) {
+    m.exchange_layers = static_cast<int>(to_double("exchange_layers", layers->second));
+    for (const auto& w : split_words(raw.count("feature_widths") ? raw.at("feature_widths") : ""))
+      m.feature_widths.push_back(static_cast<int>(to_double("feature_widths", w)));
+    if (m.exchange_layers < 0 || static_cast<int>(m.feature_widths.size()) != m.exchange_layers)
+      throw Error("artifact metadata exchange_layers and feature_widths disagree");
+  }
   m.model_dtype = get("model_dtype");
   m.units = get("units");
   m.device = get("device");
@@ -135,15 +143,45 @@ struct Model::Impl {
   std::vector<double> isolated;  // per type: the energy of an atom without neighbors
   std::mutex busy;
 
+  int device_index = -1;
+  std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> programs;  // loaded on first use
+
   std::vector<torch::Tensor> run(std::vector<torch::Tensor> inputs) {
     if (aoti) return aoti->run(inputs);
     std::vector<torch::jit::IValue> args(inputs.begin(), inputs.end());
     auto out = script.forward(args).toTuple();
     return {out->elements().at(0).toTensor(), out->elements().at(1).toTensor()};
   }
+
+  // Another program of the artifact, by name: a model in the AOTInductor package, a submodule in TorchScript.
+  std::vector<torch::Tensor> run_program(const std::string& name, std::vector<torch::Tensor> inputs) {
+    if (aoti) {
+      auto& loader = programs[name];
+      if (!loader)
+        loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+            path, name, false, 1, static_cast<c10::DeviceIndex>(device_index));
+      return loader->run(inputs);
+    }
+    std::vector<torch::jit::IValue> args(inputs.begin(), inputs.end());
+    auto out = script.attr(name).toModule().forward(args);
+    if (out.isTensor()) return {out.toTensor()};
+    std::vector<torch::Tensor> tensors;
+    for (const auto& e : out.toTuple()->elements()) tensors.push_back(e.toTensor());
+    return tensors;
+  }
 };
 
 namespace {
+
+// Above this many edges, a graph of local nodes only runs through the layer programs in groups.
+constexpr int64_t kWholeProgramEdges = int64_t(1) << 17;
+
+// The exchange of a graph without other nodes.
+class NoExchange : public FeatureExchange {
+ public:
+  void fill(double*, int) override {}
+  void drain(double*, int) override {}
+};
 
 void check_readable(const std::string& path) {
   if (!std::ifstream(path, std::ios::binary).good())
@@ -182,6 +220,7 @@ Metadata Model::read_metadata(const std::string& path) {
 Model::Model(const std::string& path, int device_index) : impl_(std::make_unique<Impl>()) {
   (void)kernels_version();  // the operators artifacts may call are registered (libvivace_ops.so is loaded)
   impl_->path = path;
+  impl_->device_index = device_index;
   check_readable(path);
   if (device_index >= 0) impl_->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device_index));
   const std::string want_device = device_index >= 0 ? "cuda" : "cpu";
@@ -202,8 +241,10 @@ Model::Model(const std::string& path, int device_index) : impl_(std::make_unique
     impl_->metadata = Metadata::parse(raw);
     // On the CPU, the exporter's group size for this model (see Allegro.cpu_edges_per_group), else 1024.
     // On a GPU the whole graph runs at once unless asked otherwise.
+    // NequIP's layer programs: 4096 (fastest of 1024-65536 on 1536 and 12288 atoms, benchmarks/lammps_speed.py's model).
     const int64_t suggested = impl_->metadata.edges_per_group;
-    edges_per_group_ = device_index >= 0 ? 0 : (suggested > 0 ? suggested : 1024);
+    const int64_t fallback = impl_->metadata.strictly_local() ? 1024 : 4096;
+    edges_per_group_ = device_index >= 0 ? 0 : (suggested > 0 ? suggested : fallback);
   } catch (const c10::Error& e) {
     throw Error("cannot load model artifact '" + path + "' as " + impl_->format + ": " +
                 e.what_without_backtrace());
@@ -257,10 +298,17 @@ void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces)
                   std::to_string(T) + " types");
 
   impl_->last_model_seconds = 0.0;
-  if (impl_->metadata.strictly_local() && edges_per_group_ > 0 && g.num_edges > edges_per_group_)
+  if (impl_->metadata.strictly_local() && edges_per_group_ > 0 && g.num_edges > edges_per_group_) {
     evaluate_by_center_groups(g, atomic_energy, edge_forces);
-  else
+  } else if (g.num_nodes == g.num_local && g.num_edges > kWholeProgramEdges && edges_per_group_ > 0 &&
+             impl_->metadata.exchange_layers > 0) {
+    // a large graph of its own nodes only: the layer programs in groups bound the memory (NequIP, 12288
+    // atoms, 516k edges: 3.0 GB peak whole, 0.5 GB in groups of 4096 edges, 1.2x the time)
+    NoExchange none;
+    run_layers(g, none, atomic_energy, edge_forces);
+  } else {
     run_graph(g, atomic_energy, edge_forces);
+  }
 }
 
 void Model::run_graph(const Graph& g, double* atomic_energy, double* edge_forces) {
@@ -387,6 +435,204 @@ void Model::evaluate_by_center_groups(const Graph& g, double* atomic_energy, dou
       for (int64_t e = e0; e < e1; ++e) std::copy_n(&group_forces[3 * (e - e0)], 3, edge_forces + 3 * order[e]);
     e0 = e1;
   }
+}
+
+namespace {
+
+// A group of consecutive centers [n0, n1) with all their edges, as one program's graph: centers renumbered
+// from 0, then the other nodes its edges reach (`others`, node numbers of the whole graph).
+struct GroupGraph {
+  int64_t e0, e1, n0, n1;
+  torch::Tensor vectors, index, center_types, other_types, others;
+};
+
+}  // namespace
+
+// Layer by layer with the features of the other nodes exchanged (see exchange.py for the programs):
+//   h_1 = layer_0(g); fill; h_k+1 = layer_k(g, h_k); fill ... h_L; e, dE/dh_L, dE/dr = readout(g, h_L);
+//   dE/dh_k, dE/dr += layer_k_vjp(g, h_k, dE/dh_k+1); drain ... ; dE/dr += layer_0_vjp(g, dE/dh_1).
+// Each program runs on groups of whole centers of about edges_per_group() edges, so that no per-edge
+// intermediate outgrows a group; the features of every node are kept between layers (they are per node).
+// A rank without local nodes runs no program but joins every fill and drain.
+void Model::evaluate_exchanging(const Graph& g, FeatureExchange& exchange, double* atomic_energy, double* edge_forces) {
+  std::lock_guard<std::mutex> lock(impl_->busy);
+  run_layers(g, exchange, atomic_energy, edge_forces);
+}
+
+void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic_energy, double* edge_forces) {
+  const Metadata& meta = impl_->metadata;
+  const int L = meta.exchange_layers;
+  if (L == 0)
+    throw Error("the artifact holds no programs for exchanging features between ranks (a " + meta.model_kind +
+                " model, or an export by an older vivace): export it again, or use the ghost shell");
+  if (g.memory_device >= 0) throw Error("exchanging features needs the graph in host memory");
+  const int64_t N = g.num_nodes, Nc = g.num_local, No = N - Nc, E = g.num_edges;
+  const int T = meta.num_types();
+  std::fill(atomic_energy, atomic_energy + N, 0.0);
+  std::fill(edge_forces, edge_forces + 3 * E, 0.0);
+  for (int64_t i = 0; i < N; ++i)
+    if (g.atom_types[i] < 0 || g.atom_types[i] >= T)
+      throw Error("atom type index " + std::to_string(g.atom_types[i]) + " is outside the model's " +
+                  std::to_string(T) + " types");
+  for (int64_t e = 0; e < E; ++e)
+    if (g.edge_center[e] < 0 || g.edge_center[e] >= Nc)
+      throw Error("exchanging features needs every edge to start at a local node");
+  impl_->last_model_seconds = 0.0;
+
+  const auto& dev = impl_->device;
+  const auto dtype = meta.model_dtype == "float32" ? torch::kFloat32 : torch::kFloat64;
+  auto f64 = torch::TensorOptions().dtype(torch::kFloat64);
+  auto i64 = torch::TensorOptions().dtype(torch::kInt64);
+
+  // edges in center order (LAMMPS's lists already are)
+  std::vector<int64_t> order(E);
+  for (int64_t e = 0; e < E; ++e) order[e] = e;
+  if (!std::is_sorted(g.edge_center, g.edge_center + E))
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return g.edge_center[a] < g.edge_center[b]; });
+  std::vector<double> vectors(3 * std::max<int64_t>(E, 1));
+  std::vector<int64_t> center(E), neighbor(E);
+  for (int64_t e = 0; e < E; ++e) {
+    std::copy_n(g.edge_vectors + 3 * order[e], 3, &vectors[3 * e]);
+    center[e] = g.edge_center[order[e]];
+    neighbor[e] = g.edge_neighbor[order[e]];
+  }
+  double far = meta.r_max;
+  for (double c : meta.edge_type_cutoffs) far = std::max(far, c);
+
+  // the groups, each with at least one edge (a self-edge beyond every cutoff) and one other node (no edges)
+  std::vector<GroupGraph> groups;
+  const int64_t per_group = edges_per_group_ > 0 ? edges_per_group_ : std::max<int64_t>(E, 1);
+  std::vector<int64_t> slot(N, -1);
+  for (int64_t e0 = 0, n0 = 0; n0 < Nc;) {
+    int64_t e1 = std::min(e0 + per_group, E);
+    while (e1 < E && center[e1] == center[e1 - 1]) ++e1;
+    const int64_t n1 = e1 < E ? center[e1] : Nc;  // centers without edges join the group before them
+    GroupGraph grp{e0, e1, n0, n1};
+    std::vector<int64_t> index(2 * std::max<int64_t>(e1 - e0, 1), 0), others, other_types;
+    const int64_t k = n1 - n0;
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t j = neighbor[e];
+      index[e - e0] = center[e] - n0;
+      if (j >= n0 && j < n1) {
+        index[(e1 - e0) + (e - e0)] = j - n0;
+        continue;
+      }
+      if (slot[j] < 0) {
+        slot[j] = static_cast<int64_t>(others.size());
+        others.push_back(j);
+        other_types.push_back(g.atom_types[j]);
+      }
+      index[(e1 - e0) + (e - e0)] = k + slot[j];
+    }
+    for (int64_t j : others) slot[j] = -1;
+    if (e1 == e0) {
+      grp.vectors = torch::zeros({1, 3}, f64);
+      grp.vectors[0][0] = 2.0 * far + 1.0;
+    } else {
+      grp.vectors = torch::from_blob(&vectors[3 * e0], {e1 - e0, 3}, f64);
+    }
+    grp.index = torch::from_blob(index.data(), {2, std::max<int64_t>(e1 - e0, 1)}, i64).clone();
+    grp.center_types = torch::from_blob(const_cast<int64_t*>(g.atom_types) + n0, {k}, i64);
+    if (others.empty()) {  // the programs' padding node, of type 0 and zero features
+      others.push_back(-1);
+      other_types.push_back(0);
+    }
+    grp.other_types = torch::from_blob(other_types.data(), {static_cast<int64_t>(other_types.size())}, i64).clone();
+    grp.others = torch::from_blob(others.data(), {static_cast<int64_t>(others.size())}, i64).clone();
+    grp.vectors = grp.vectors.to(dev);
+    grp.index = grp.index.to(dev);
+    grp.center_types = grp.center_types.to(dev);
+    grp.other_types = grp.other_types.to(dev);
+    groups.push_back(std::move(grp));
+    e0 = e1;
+    n0 = n1;
+  }
+
+  auto run = [&](const std::string& name, const GroupGraph& grp, std::initializer_list<torch::Tensor> extra) {
+    std::vector<torch::Tensor> inputs{grp.vectors, grp.index, grp.center_types, grp.other_types};
+    inputs.insert(inputs.end(), extra.begin(), extra.end());
+    c10::OptionalDeviceGuard guard;
+    if (dev.is_cuda()) guard.reset_device(dev);
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<torch::Tensor> out;
+    try {
+      out = impl_->run_program(name, std::move(inputs));
+      if (dev.is_cuda()) torch::cuda::synchronize(dev.index());
+    } catch (const c10::Error& e) {
+      throw Error("model program " + name + " failed: " + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      throw Error("model program " + name + " failed: " + e.what());
+    }
+    impl_->last_model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return out;
+  };
+  // rows [0, N) of h at a group's other nodes; the padding node (-1) reads a row of zeros at N
+  auto at_others = [&](const torch::Tensor& h, const GroupGraph& grp) {
+    return h.index_select(0, torch::where(grp.others < 0, N, grp.others).to(h.device()));
+  };
+  auto forces = torch::zeros({std::max<int64_t>(E, 1), 3}, f64.device(dev));
+  auto add_forces = [&](const GroupGraph& grp, const torch::Tensor& grad_vectors) {
+    if (grp.e1 > grp.e0) forces.slice(0, grp.e0, grp.e1).add_(grad_vectors.to(torch::kFloat64));
+  };
+  auto padded = [&](int width) { return torch::zeros({N + 1, width}, torch::TensorOptions().dtype(dtype).device(dev)); };
+
+  // node features after each layer, all N nodes (and the padding row)
+  std::vector<torch::Tensor> h(L + 1);
+  std::vector<double> rows;
+  for (int k = 0; k < L; ++k) {
+    h[k + 1] = padded(meta.feature_widths[k]);
+    for (const auto& grp : groups) {
+      auto out = k == 0 ? run("exchange_layer_0", grp, {})
+                        : run("exchange_layer_" + std::to_string(k), grp,
+                              {h[k].slice(0, grp.n0, grp.n1), at_others(h[k], grp)});
+      h[k + 1].slice(0, grp.n0, grp.n1).copy_(out[0]);
+    }
+    if (k + 1 == L) break;  // the last features are read by their own centers only
+    const int width = meta.feature_widths[k];
+    auto host = h[k + 1].slice(0, 0, N).to(torch::kCPU, torch::kFloat64).contiguous();
+    rows.assign(host.data_ptr<double>(), host.data_ptr<double>() + N * width);
+    exchange.fill(rows.data(), width);
+    if (No > 0)
+      h[k + 1].slice(0, Nc, N).copy_(torch::from_blob(rows.data() + Nc * width, {No, width}, f64));
+  }
+
+  auto energy = torch::zeros({std::max<int64_t>(Nc, 1)}, f64.device(dev));
+  auto grad = padded(meta.feature_widths[L - 1]);
+  for (const auto& grp : groups) {
+    auto out = run("exchange_readout", grp, {h[L].slice(0, grp.n0, grp.n1)});
+    energy.slice(0, grp.n0, grp.n1).copy_(out[0]);
+    grad.slice(0, grp.n0, grp.n1).copy_(out[1]);
+    add_forces(grp, out[2]);
+  }
+  for (int k = L - 1; k >= 0; --k) {
+    auto next = k > 0 ? padded(meta.feature_widths[k - 1]) : torch::Tensor();
+    for (const auto& grp : groups) {
+      auto cotangent = grad.slice(0, grp.n0, grp.n1);
+      if (k == 0) {
+        auto out = run("exchange_layer_0_vjp", grp, {cotangent});
+        add_forces(grp, out[0]);
+        continue;
+      }
+      auto out = run("exchange_layer_" + std::to_string(k) + "_vjp", grp,
+                     {h[k].slice(0, grp.n0, grp.n1), at_others(h[k], grp), cotangent});
+      next.slice(0, grp.n0, grp.n1).add_(out[0]);
+      next.index_add_(0, torch::where(grp.others < 0, N, grp.others).to(next.device()), out[1]);
+      add_forces(grp, out[2]);
+    }
+    if (k == 0) break;
+    const int width = meta.feature_widths[k - 1];
+    auto host = next.slice(0, 0, N).to(torch::kCPU, torch::kFloat64).contiguous();
+    rows.assign(host.data_ptr<double>(), host.data_ptr<double>() + N * width);
+    exchange.drain(rows.data(), width);
+    grad = padded(width);
+    if (Nc > 0) grad.slice(0, 0, Nc).copy_(torch::from_blob(rows.data(), {Nc, width}, f64));
+  }
+  if (Nc == 0) return;
+
+  auto host_energy = energy.to(torch::kCPU).contiguous();
+  auto host_forces = forces.to(torch::kCPU).contiguous();
+  std::copy_n(host_energy.data_ptr<double>(), Nc, atomic_energy);
+  for (int64_t e = 0; e < E; ++e) std::copy_n(host_forces.data_ptr<double>() + 3 * e, 3, edge_forces + 3 * order[e]);
 }
 
 const std::vector<double>& Model::isolated_energies() {

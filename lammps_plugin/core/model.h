@@ -32,6 +32,9 @@ struct Metadata {
   std::string model_dtype;  // "float32" | "float64"
   std::string units;        // LAMMPS units style of the training data, e.g. "metal"
   std::string device;       // "cpu" | "cuda"
+  // a message-passing model's programs for ranks that exchange node features between layers
+  int exchange_layers = 0;          // L: programs exchange_layer_0 .. L-1, their _vjp, exchange_readout; 0: none
+  std::vector<int> feature_widths;  // width of the features after each of the L layers
 
   int num_types() const { return static_cast<int>(type_names.size()); }
   // Allegro: a center's energy depends on its own edges only, and on each neighbor only through its type.
@@ -54,6 +57,18 @@ struct Graph {
   int memory_device = -1;
 };
 
+// How the nodes [num_local, num_nodes) of a graph (on a LAMMPS rank: its ghost atoms), each standing for a node
+// owned elsewhere, get their features between layers and give back their gradients. Rows are (num_nodes x
+// width), row-major; every rank calls both the same number of times, with or without nodes of its own.
+class FeatureExchange {
+ public:
+  virtual ~FeatureExchange() = default;
+  // writes rows [num_local, num_nodes) with the rows of the nodes they stand for
+  virtual void fill(double* rows, int width) = 0;
+  // adds rows [num_local, num_nodes) to the rows of the nodes they stand for (here or elsewhere)
+  virtual void drain(double* rows, int width) = 0;
+};
+
 class Model {
  public:
   // device_index < 0: CPU, otherwise the CUDA device with that index.
@@ -67,6 +82,12 @@ class Model {
 
   // Writes atomic_energy (N,) and edge_forces (E,3) = dE_local/dr_ij, both float64.
   void evaluate(const Graph& graph, double* atomic_energy, double* edge_forces);
+
+  // A message-passing model layer by layer on a graph whose edges all start at the local nodes [0, num_local):
+  // the other nodes get their features from `exchange` before each layer that reads them, and send their
+  // gradients back through it. Outputs as evaluate(); energies of the other nodes are 0.
+  void evaluate_exchanging(const Graph& graph, FeatureExchange& exchange, double* atomic_energy, double* edge_forces);
+  bool exchanges_features() const { return metadata().exchange_layers > 0; }
 
   // A strictly local model runs as groups of whole centers of about this many edges (0: the whole graph at
   // once). Small groups keep every per-edge intermediate cache-sized and bound peak memory.
@@ -82,6 +103,7 @@ class Model {
  private:
   void run_graph(const Graph& graph, double* atomic_energy, double* edge_forces);
   void evaluate_by_center_groups(const Graph& graph, double* atomic_energy, double* edge_forces);
+  void run_layers(const Graph& graph, FeatureExchange& exchange, double* atomic_energy, double* edge_forces);
   const std::vector<double>& isolated_energies();
 
   struct Impl;

@@ -3,7 +3,7 @@
 import os
 import tempfile
 import warnings
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from . import __version__
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import neighbor_graph
 from .models import EdgeForceModel
+from .models.exchange import exchange_programs, feature_widths, images_as_nodes
 from .nn.tensor_product import unrolled_contractions
 
 CONTRACT_VERSION = 1
@@ -28,6 +29,7 @@ def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str,
     hyper = spec["hyperparameters"]
     r_cut = model.geometry.r_cut
     grouped = hasattr(model, "cpu_edges_per_group")
+    exchange = spec["kind"] == "nequip"
     return {
         "contract_version": str(CONTRACT_VERSION),
         "model_kind": spec["kind"],
@@ -41,6 +43,9 @@ def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str,
         "device": device,
         "format": fmt,
         "tensor_product_kernel": kernel,
+        # layers whose programs the artifact holds for ranks that exchange features, and their widths
+        "exchange_layers": str(len(model.blocks)) if exchange else "0",
+        "feature_widths": " ".join(str(w) for w in feature_widths(model)) if exchange else "",
         "vivace_version": __version__,
         "torch_version": torch.__version__,
     }
@@ -57,36 +62,93 @@ def random_graph(num_types: int, r_max: float, num_atoms: int, seed: int):
 
 
 def _torch_inputs(vectors, edge_index, types, n_local, device):
-    return (
-        torch.tensor(vectors, dtype=torch.float64, device=device),
-        torch.tensor(edge_index, dtype=torch.int64, device=device),
-        torch.tensor(types, dtype=torch.int64, device=device),
-        torch.tensor(n_local, dtype=torch.int64, device=device),
+    """Contiguous tensors: AOTInductor compiles for its example inputs' strides (numpy's a[:, mask] is
+    column-major, and a program traced on it reads row-major edge indices wrongly)."""
+    return tuple(
+        torch.tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+        for a, dtype in ((vectors, torch.float64), (edge_index, torch.int64), (types, torch.int64), (n_local, torch.int64))
     )
 
 
-def _compile_aotinductor(wrapper, example, metadata, path):
+def _aoti_files(module, example, dynamic_shapes, options):
+    """AOTInductor's files for one program (traced symbolically, then exported with the given dynamic dims)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     with unrolled_contractions():
-        graph = make_fx(wrapper, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+        graph = make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+    program = torch.export.export(graph, example, dynamic_shapes=dynamic_shapes, strict=False)
+    return torch._inductor.aot_compile(
+        program.module(check_guards=False), example, options={**options, "aot_inductor.package": True}
+    )
+
+
+def _compile_aotinductor(wrapper, example, metadata, path, programs=None):
+    """The contract's program as "model" and the exchange programs under their own names, in one package."""
+    from torch._inductor.package import package_aoti
+
     num_edges = torch.export.Dim("num_edges", min=1)
     num_nodes = torch.export.Dim("num_nodes", min=1)
-    program = torch.export.export(
-        graph, example, dynamic_shapes=({0: num_edges}, {1: num_edges}, {0: num_nodes}, None), strict=False
-    )
-    torch._inductor.aoti_compile_and_package(
-        program, package_path=path, inductor_configs={"aot_inductor.metadata": metadata}
-    )
+    files = {"model": _aoti_files(wrapper, example, ({0: num_edges}, {1: num_edges}, {0: num_nodes}, None),
+                                  {"aot_inductor.metadata": metadata})}  # fmt: skip
+    for name, (module, inputs, dims) in (programs or {}).items():
+        files[name] = _aoti_files(module, inputs, dims, {})
+    package_aoti(path, files)
 
 
-def _compile_torchscript(wrapper, metadata, path):
+class _TorchScriptArtifact(torch.nn.Module):
+    """The contract's program as forward, the exchange programs as submodules under their names."""
+
+    def __init__(self, wrapper, programs):
+        super().__init__()
+        self.contract = wrapper
+        for name, module in programs.items():
+            setattr(self, name, torch.jit.script(module))
+
+    def forward(self, edge_vectors, edge_index, atom_types, n_local) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.contract(edge_vectors, edge_index, atom_types, n_local)
+
+
+def _compile_torchscript(wrapper, metadata, path, programs=None):
     from .nn import kernels
 
     kernels.available()  # scripting resolves torch.ops.vivace.* in every branch, the fused kernel's included
-    scripted = torch.jit.script(wrapper)
+    scripted = torch.jit.script(_TorchScriptArtifact(wrapper, {n: m for n, (m, _, _) in (programs or {}).items()}))
     text = "".join(f"{k}={v}\n" for k, v in metadata.items())
     torch.jit.save(scripted, path, _extra_files={TORCHSCRIPT_METADATA_FILE: text})
+
+
+def exchange_examples(model: torch.nn.Module, spec: Dict, device: str) -> Dict[str, tuple]:
+    """name -> (program, example inputs, dynamic dims) for every exchange program of a NequIP model: a
+    graph of 11 centers and 7 other nodes, sizes that no fixed dimension of the model shares."""
+    num_centers, num_others = 11, 7
+    vectors, edge_index, types = random_graph(len(spec["type_names"]), float(spec["hyperparameters"]["r_max"]),
+                                              num_centers + num_others, 2)  # fmt: skip
+    keep = edge_index[0] < num_centers
+    v, index, t, _ = _torch_inputs(vectors[keep], edge_index[:, keep], types, 0, device)
+    graph = (v, index, t[:num_centers], t[num_centers:])
+    edges, centers, others = (torch.export.Dim(n, min=1) for n in ("num_edges", "num_centers", "num_others"))
+    graph_dims = ({0: edges}, {1: edges}, {0: centers}, {0: others})
+    dtype = model.one_hot.dtype
+    generator = torch.Generator().manual_seed(3)
+    widths = feature_widths(model)
+
+    def features(rows, width):
+        return torch.randn(rows, width, generator=generator, dtype=dtype).to(device)
+
+    examples = {}
+    for name, module in exchange_programs(model).items():
+        k = int(name.split("_")[2]) if name != "exchange_readout" else len(widths)
+        if name == "exchange_readout":
+            extra, dims = (features(num_centers, widths[-1]),), ({0: centers},)
+        elif k == 0:
+            extra, dims = ((features(num_centers, widths[0]),), ({0: centers},)) if name.endswith("_vjp") else ((), ())
+        else:
+            extra = (features(num_centers, widths[k - 1]), features(num_others, widths[k - 1]))
+            dims = ({0: centers}, {0: others})
+            if name.endswith("_vjp"):
+                extra, dims = extra + (features(num_centers, widths[k]),), dims + ({0: centers},)
+        examples[name] = (module, graph + extra, graph_dims + dims)
+    return examples
 
 
 def check_artifact(path: str, wrapper: torch.nn.Module, spec: Dict, device: str) -> float:
@@ -101,9 +163,33 @@ def check_artifact(path: str, wrapper: torch.nn.Module, spec: Dict, device: str)
     ref_energy, ref_forces = wrapper(*_torch_inputs(vectors, edge_index, types, n_local, device))
     ref_energy = ref_energy.detach().cpu().numpy()
     ref_forces = ref_forces.detach().cpu().numpy()
-    dev_e = np.abs(energy[:n_local] - ref_energy[:n_local]).max() / max(np.abs(ref_energy[:n_local]).max(), 1e-12)
+    deviation = _relative_deviation(energy[:n_local], forces, ref_energy[:n_local], ref_forces)
+    if model.exchanges_features:
+        deviation = max(deviation, _check_exchange(model, wrapper, spec, device))
+    return deviation
+
+
+def _relative_deviation(energy, forces, ref_energy, ref_forces) -> float:
+    dev_e = np.abs(energy - ref_energy).max() / max(np.abs(ref_energy).max(), 1e-12)
     dev_f = np.abs(forces - ref_forces).max() / max(np.abs(ref_forces).max(), 1e-12)
     return float(max(dev_e, dev_f))
+
+
+def _check_exchange(model, wrapper, spec: Dict, device: str) -> float:
+    """The exchange programs through the core, on a periodic cell whose images are nodes of their own,
+    against the eager model on the same cell."""
+    r_max = float(spec["hyperparameters"]["r_max"])
+    rng = np.random.default_rng(4)
+    cell = np.diag([1.2 * r_max, 1.3 * r_max, 1.1 * r_max])
+    positions = rng.uniform(size=(9, 3)) @ cell
+    types = np.arange(9, dtype=np.int64) % len(spec["type_names"])
+    edge_index, shifts = neighbor_graph(positions, cell, [True] * 3, r_max)
+    vectors = positions[edge_index[1]] - positions[edge_index[0]] + shifts
+    images, owner = images_as_nodes(edge_index, shifts, len(types))
+    energy, forces = model.evaluate_exchanging(vectors, images, np.concatenate([types, types[owner]]), len(types), owner)
+    ref_energy, ref_forces = wrapper(*_torch_inputs(vectors, edge_index, types, len(types), device))
+    return _relative_deviation(energy[: len(types)], forces, ref_energy.detach().cpu().numpy(),
+                               ref_forces.detach().cpu().numpy())  # fmt: skip
 
 
 def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str = "cpu", kernel: Optional[str] = None) -> str:
@@ -137,6 +223,7 @@ def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str 
     metadata = artifact_metadata(model, spec, device, fmt, kernel)
     vectors, edge_index, types = random_graph(len(spec["type_names"]), float(spec["hyperparameters"]["r_max"]), 8, 0)
     example = _torch_inputs(vectors, edge_index, types, len(types), device)
+    programs = exchange_examples(model, spec, device) if spec["kind"] == "nequip" else {}
 
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)
@@ -146,9 +233,9 @@ def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
             if fmt == "aotinductor":
-                _compile_aotinductor(wrapper, example, metadata, tmp)
+                _compile_aotinductor(wrapper, example, metadata, tmp, programs)
             else:
-                _compile_torchscript(wrapper, metadata, tmp)
+                _compile_torchscript(wrapper, metadata, tmp, programs)
         deviation = check_artifact(tmp, wrapper, spec, device)
         print(f"vivace export: largest relative deviation of the artifact from the eager model: {deviation:.2e}")
         if not deviation <= TOLERANCE[spec["dtype"]]:

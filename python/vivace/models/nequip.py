@@ -177,9 +177,14 @@ class InteractionBlock(nn.Module):
         self.irreps_out = self.gate.irreps_out
 
     def forward(self, h, species, sh, radial_basis, edge_index, norm, groups: Optional[List[CenterGroup]]):
+        return self.update(h, h, species, sh, radial_basis, edge_index, norm, groups)
+
+    def update(self, h_centers, h, species_centers, sh, radial_basis, edge_index, norm, groups: Optional[List[CenterGroup]]):
+        """The new features of the centers, rows [0, len(norm)) of the graph, from the features h of all its
+        nodes (centers first): a rank's graph holds its atoms as centers and their neighbors beyond them."""
         m = self.convolution(self.linear_in(h), sh, radial_basis, edge_index, norm, groups)
-        out = self.gate(self.linear_out(m) + self.self_connection(h, species))
-        return h + out if self.resnet else out
+        out = self.gate(self.linear_out(m) + self.self_connection(h_centers, species_centers))
+        return h_centers + out if self.resnet else out
 
 
 class NequIP(nn.Module):
@@ -214,11 +219,13 @@ class NequIP(nn.Module):
         num_types = len(type_names)
         self.r_max = float(r_max)
         self.message_passing_depth = num_layers
+        self.num_bessel = num_bessel
         self.register_buffer("message_norm", per_type(avg_num_neighbors, num_types, "avg_num_neighbors").rsqrt())
         self.register_buffer("one_hot", torch.eye(num_types), persistent=False)
 
         self.geometry = EdgeGeometry(type_names, r_max, l_max, num_bessel, polynomial_p, edge_type_cutoffs)
         irreps_sh = self.geometry.irreps_sh
+        self.sh_dim = irreps_sh.dim
         irreps = o3.Irreps(f"{num_features}x0e")
         self.embedding = o3.Linear(o3.Irreps(f"{num_types}x0e"), irreps)
         blocks = []
@@ -233,27 +240,48 @@ class NequIP(nn.Module):
         self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination)
 
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
-        dtype = self.one_hot.dtype
         num_nodes = atom_types.shape[0]
         groups: Optional[List[CenterGroup]] = None
         if not torch.jit.is_scripting() and not exporting() and not torch.compiler.is_compiling():
             edge_vectors, edge_index, _ = sorted_by_center(edge_vectors, edge_index)
             groups = center_groups(edge_index[0], num_nodes, EDGES_PER_CHUNK)
-        center_type, neighbor_type = atom_types[edge_index[0]], atom_types[edge_index[1]]
-        r, envelope, radial_basis, sh = self.geometry(edge_vectors, center_type, neighbor_type, dtype)
+        r, envelope, radial_basis, sh = self.edge_geometry(edge_vectors, edge_index, atom_types)
+        h = self.initial_features(atom_types)
+        for k in range(len(self.blocks)):
+            h = self.layer(k, h, h, atom_types, atom_types, sh, radial_basis, edge_index, groups)
+        return self.node_energies(h, atom_types, r, envelope, edge_index)
 
-        species = self.one_hot[atom_types]
-        norm = self.message_norm[atom_types].unsqueeze(-1)
-        h = self.embedding(species)
-        # The same blocks on one isolated atom per type: its energy is subtracted, so that an atom
-        # without neighbors has exactly its shift and the energy goes smoothly there as neighbors leave.
-        h_isolated = self.embedding(self.one_hot)
-        no_edges = edge_index[:, :0]
+    def edge_geometry(self, edge_vectors, edge_index, atom_types) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(r, envelope, radial basis, spherical harmonics) of every edge."""
+        return self.geometry(edge_vectors, atom_types[edge_index[0]], atom_types[edge_index[1]], self.one_hot.dtype)
+
+    def initial_features(self, atom_types: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.one_hot[atom_types])
+
+    def layer(self, k: int, h_centers, h, center_types, atom_types, sh, radial_basis, edge_index,
+              groups: Optional[List[CenterGroup]] = None) -> torch.Tensor:
+        """Features after block k of the centers (the first len(center_types) nodes) from those of all nodes."""
+        norm = self.message_norm[center_types].unsqueeze(-1)
+        for j, block in enumerate(self.blocks):
+            if j == k:
+                h_centers = block.update(h_centers, h, self.one_hot[center_types], sh, radial_basis, edge_index, norm, groups)
+        return h_centers
+
+    def isolated_energies(self) -> torch.Tensor:
+        """(types,) the readout of one atom of each type without neighbors, through the same blocks: it is
+        subtracted, so that such an atom has exactly its shift and the energy goes smoothly there as
+        neighbors leave."""
+        h = self.embedding(self.one_hot)
+        sh = self.one_hot.new_zeros(0, self.sh_dim)
+        basis = self.one_hot.new_zeros(0, self.num_bessel)
+        no_edges = torch.zeros(2, 0, dtype=torch.long, device=h.device)
         for block in self.blocks:
-            h = block(h, species, sh, radial_basis, edge_index, norm, groups)
-            h_isolated = block(
-                h_isolated, self.one_hot, sh[:0], radial_basis[:0], no_edges, self.message_norm.unsqueeze(-1), None
-            )
-        e_isolated = self.readout(h_isolated).squeeze(-1)
-        energy = (self.readout(h).squeeze(-1) - e_isolated[atom_types]).to(torch.float64)
-        return self.head(energy, atom_types, r, envelope, edge_index[0], center_type, neighbor_type)
+            h = block(h, self.one_hot, sh, basis, no_edges, self.message_norm.unsqueeze(-1), None)
+        return self.readout(h).squeeze(-1)
+
+    def node_energies(self, h_centers, atom_types, r, envelope, edge_index) -> torch.Tensor:
+        """Atomic energies (float64) of the centers from their last features, with the head's edge terms."""
+        center_types = atom_types[: h_centers.shape[0]]
+        energy = (self.readout(h_centers).squeeze(-1) - self.isolated_energies()[center_types]).to(torch.float64)
+        center_type, neighbor_type = atom_types[edge_index[0]], atom_types[edge_index[1]]
+        return self.head(energy, center_types, r, envelope, edge_index[0], center_type, neighbor_type)

@@ -1,0 +1,145 @@
+"""NequIP layer by layer with node features exchanged between ranks (models/exchange.py, the core's
+evaluate_exchanging, pair_style nequip without a ghost shell).
+
+A periodic cell whose images are nodes of their own, each filled from the atom it images, is what a LAMMPS
+rank sees with its ghosts: the programs on that graph must give the eager model's energies and edge forces,
+eagerly, through both artifact formats, and in LAMMPS across ranks (tests/test_pair_styles.py covers 1 to 4
+ranks; here: the errors, an artifact without the programs, and the shell mode beside the exchange).
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TYPE_NAMES, alloy
+from test_errors import lammps_error
+from test_pair_styles import assert_close
+from vivace.checkpoint import load_checkpoint, model_from_checkpoint
+from vivace.data import neighbor_graph
+from vivace.models import EdgeForceModel
+from vivace.models.exchange import evaluate_exchanging, exchange_programs, images_as_nodes
+from vivace.lammps_run import single_point
+
+R_MAX = 4.0
+
+
+def image_graph(cell_kind, with_positions=False):
+    atoms = alloy(cell_kind)
+    types = np.array([TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()])
+    edge_index, shifts = neighbor_graph(atoms.positions, atoms.cell.array, atoms.pbc, R_MAX)
+    vectors = atoms.positions[edge_index[1]] - atoms.positions[edge_index[0]] + shifts
+    images, owner = images_as_nodes(edge_index, shifts, len(atoms))
+    if with_positions:
+        return vectors, edge_index, types, images, owner, atoms.positions
+    return vectors, edge_index, types, images, owner
+
+
+def eager_reference(checkpoint, vectors, edge_index, types):
+    model, _ = model_from_checkpoint(load_checkpoint(checkpoint))
+    energy, forces = EdgeForceModel(model)(
+        torch.tensor(vectors), torch.tensor(edge_index), torch.tensor(types), torch.tensor(len(types))
+    )
+    return model, energy.detach().numpy(), forces.detach().numpy()
+
+
+def test_images_as_nodes():
+    vectors, edge_index, types, images, owner, positions = image_graph("triclinic", with_positions=True)
+    n = len(types)
+    assert np.array_equal(images[0], edge_index[0])
+    inside = images[1] < n
+    assert np.array_equal(images[1, inside], edge_index[1, inside])
+    assert np.array_equal(owner[images[1, ~inside] - n], edge_index[1, ~inside])
+    assert len(owner) > n  # a 48-atom cell with a 4 A cutoff reaches more images than atoms
+    # one node per image: all edges into an image node see the same lattice shift, and no two nodes share one
+    shift = positions[images[0]] + vectors - positions[np.concatenate([np.arange(n), owner])[images[1]]]
+    seen = {}
+    for node, s in zip(images[1, ~inside], np.round(shift[~inside], 6)):
+        assert seen.setdefault(node, tuple(s)) == tuple(s)
+    assert len({(int(owner[node - n]),) + s for node, s in seen.items()}) == len(owner)
+
+
+@pytest.mark.parametrize("cell_kind", ["orthogonal", "triclinic"])
+def test_programs_reproduce_the_model(artifact, cell_kind):
+    vectors, edge_index, types, images, owner = image_graph(cell_kind)
+    model, ref_energy, ref_forces = eager_reference(artifact("nequip", "float64", "ckpt"), vectors, edge_index, types)
+    all_types = np.concatenate([types, types[owner]])
+    energy, forces = evaluate_exchanging(exchange_programs(model), torch.tensor(vectors), torch.tensor(images),
+                                         torch.tensor(all_types), len(types), torch.tensor(owner))  # fmt: skip
+    assert np.abs(ref_forces).max() > 1e-3
+    assert_close(energy[: len(types)].detach().numpy(), ref_energy, "energies", 1e-12)
+    assert np.all(energy[len(types):].detach().numpy() == 0.0)
+    assert_close(forces.detach().numpy(), ref_forces, "edge forces", 1e-12)
+
+
+@pytest.mark.parametrize("fmt", ["pth", "pt2"])
+def test_core_exchanging_matches_the_model(artifact, fmt):
+    from vivace import _core
+
+    vectors, edge_index, types, images, owner = image_graph("triclinic")
+    _, ref_energy, ref_forces = eager_reference(artifact("nequip", "float64", "ckpt"), vectors, edge_index, types)
+    core = _core.Model(artifact("nequip", "float64", fmt))
+    assert core.exchanges_features and core.metadata["exchange_layers"] == "2"
+    assert core.metadata["feature_widths"] == "36 4"  # 4 x (0e 1o 2e), all that scalars x Y_l<=2 reach; then 4 x 0e
+    order = np.random.default_rng(0).permutation(len(vectors))  # edges in no particular order
+    for edges_per_group in (0, 60):  # the whole graph at once; groups of a few centers, unsorted edges
+        core.edges_per_group = edges_per_group
+        v, index = (vectors, images) if edges_per_group == 0 else (vectors[order], images[:, order].copy())
+        energy, forces = core.evaluate_exchanging(v, index, np.concatenate([types, types[owner]]), len(types), owner)
+        assert_close(energy[: len(types)], ref_energy, "energies", 1e-12)
+        assert_close(forces, ref_forces if edges_per_group == 0 else ref_forces[order], "edge forces", 1e-12)
+
+    with pytest.raises(RuntimeError, match="every edge to start at a local node"):
+        core.evaluate_exchanging(vectors, images[::-1].copy(), np.concatenate([types, types[owner]]), len(types), owner)
+
+
+def without_programs(path, folder):
+    """The TorchScript artifact as an older vivace wrote it: no exchange programs in its metadata."""
+    from vivace.export import TORCHSCRIPT_METADATA_FILE
+
+    extra = {TORCHSCRIPT_METADATA_FILE: ""}
+    module = torch.jit.load(path, _extra_files=extra)
+    text = extra[TORCHSCRIPT_METADATA_FILE]
+    text = text.decode() if isinstance(text, bytes) else text
+    lines = [l for l in text.splitlines() if not l.startswith(("exchange_layers=", "feature_widths="))]
+    old = str(folder / "old.pth")
+    torch.jit.save(module, old, _extra_files={TORCHSCRIPT_METADATA_FILE: "\n".join(lines) + "\n"})
+    return old
+
+
+def test_artifact_without_programs(artifact, tmp_path):
+    """One rank needs no programs; several refuse to start, naming the two ways out."""
+    old = without_programs(artifact("nequip"), tmp_path)
+    atoms = alloy("orthogonal")
+    lines = f"pair_style nequip\npair_coeff * * {old} Al Cu"
+    single_point(atoms, lines, TYPE_NAMES, str(tmp_path / "one"), nprocs=1)
+    from vivace.lammps_run import LammpsError
+
+    with pytest.raises(LammpsError, match="holds no programs for exchanging features between ranks"):
+        single_point(atoms, lines, TYPE_NAMES, str(tmp_path / "two"), nprocs=2)
+    shell = single_point(atoms, lines.replace("nequip\n", "nequip shell\n"), TYPE_NAMES, str(tmp_path / "shell"), nprocs=2)
+    exchange = single_point(atoms, f"pair_style nequip\npair_coeff * * {artifact('nequip')} Al Cu", TYPE_NAMES,
+                            str(tmp_path / "exchange"), nprocs=2)  # fmt: skip
+    assert_close(shell.forces, exchange.forces, "shell vs exchange forces", 1e-10)
+
+
+def test_shell_keyword_is_nequip_only(tmp_path, artifact):
+    message = lammps_error(tmp_path, f"pair_coeff * * {artifact('allegro')} Al Cu", pair_style="pair_style allegro shell")
+    assert "'shell' applies to nequip only" in message
+
+
+def test_a_large_graph_runs_through_the_layer_programs(artifact):
+    """Above 2^17 edges the core evaluates a graph of its own nodes layer by layer in groups (bounded
+    memory), with the whole program's results."""
+    from vivace import _core
+
+    atoms = alloy("orthogonal").repeat((6, 6, 5))
+    types = np.array([TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()])
+    edge_index, shifts = neighbor_graph(atoms.positions, atoms.cell.array, atoms.pbc, R_MAX)
+    vectors = atoms.positions[edge_index[1]] - atoms.positions[edge_index[0]] + shifts
+    assert vectors.shape[0] > 2**17
+    _, ref_energy, ref_forces = eager_reference(artifact("nequip", "float64", "ckpt"), vectors, edge_index, types)
+    core = _core.Model(artifact("nequip", "float64", "pth"))
+    assert core.edges_per_group == 4096  # the default group of the layer programs on a CPU
+    energy, forces = core.evaluate(vectors, edge_index, types, len(types))
+    assert_close(energy, ref_energy, "energies", 1e-12)
+    assert_close(forces, ref_forces, "edge forces", 1e-12)
