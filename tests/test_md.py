@@ -50,7 +50,7 @@ def md_model(tmp_path_factory, artifact):
 
 @pytest.mark.parametrize("kind,timestep", [("allegro", 0.001), ("nequip", 0.0005)])
 def test_nve_conserves_energy(md_model, tmp_path, kind, timestep):
-    """2000 steps from 600 K on 2 ranks, atoms crossing rank boundaries (with NequIP's ghost shells).
+    """2000 steps from 600 K on 2 ranks, atoms crossing rank boundaries (NequIP exchanging features).
     The random NequIP model releases energy and heats the cell to ~1500 K, so it gets 0.5 fs steps
     (1 and 2 ranks give the same trajectory; with 1 fs its total energy wanders by 1e-3 eV/atom)."""
     steps = 2000
