@@ -100,7 +100,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("type_names", [](const vivace::Model& self) { return self.metadata().type_names; })
       .def_property_readonly("r_max", [](const vivace::Model& self) { return self.metadata().r_max; })
       .def_property("edges_per_group", &vivace::Model::edges_per_group, &vivace::Model::set_edges_per_group,
-                    "Allegro runs as groups of whole centers of about this many edges (0: the whole graph).")
+                    "Allegro, and NequIP's layer programs, run as groups of whole centers of about this many "
+                    "edges (0: the whole graph).")
       .def("evaluate", &evaluate, py::arg("edge_vectors"), py::arg("edge_index"), py::arg("atom_types"),
            py::arg("n_local"),
            "Returns (atomic_energy (N,), edge_forces (E,3) = dE_local/dr_ij), float64.")

@@ -83,7 +83,8 @@ def test_info_prints_metadata(tmp_path, capsys):
         "units: metal",
         "format: torchscript",
         "device: cpu",
-        "edges_per_group: 0",
+        "edges_per_group: 4096",
+        "exchange_layers: 3",
     ):
         assert line in text
 
@@ -96,7 +97,7 @@ def test_allegro_group_size_in_metadata(tmp_path):
     sizes = {}
     for channels, l_max in ((32, 2), (8, 1), (64, 3)):
         model = build_model("allegro", dict(MODELS["allegro"], num_tensor_features=channels, l_max=l_max), ["Al", "Cu"], "float64")
-        sizes[(channels, l_max)] = model.cpu_edges_per_group()
+        sizes[(channels, l_max)] = model.edges_per_group
     assert sizes == {(32, 2): 1024, (8, 1): 8192, (64, 3): 1024}
     artifact = export(write_checkpoint(tmp_path / "model.ckpt", "allegro", "float64"), str(tmp_path / "model.pth"))
     core = _core.Model(artifact)

@@ -142,7 +142,7 @@ def awkward_graph(atoms, r_max, seed=0):
 
 @pytest.mark.parametrize("fmt", ["ckpt", "pth", "pt2"])
 def test_center_groups_equal_the_whole_graph(tmp_path, fmt):
-    """Allegro run as groups of whole centers (eager: EdgeForceModel.chunk_edges; artifacts: the core's
+    """Allegro run as groups of whole centers (eager: the model's edges_per_group; artifacts: the core's
     edges_per_group, which LAMMPS uses) gives the whole graph's energies and edge forces, with per-edge-type
     cutoffs and ZBL in the model."""
     from vivace.calculators import load_backend
@@ -157,7 +157,7 @@ def test_center_groups_equal_the_whole_graph(tmp_path, fmt):
 
     def run(edges_per_group):
         if fmt == "ckpt":
-            backend.model.chunk_edges = edges_per_group
+            backend.model.model.edges_per_group = edges_per_group
         else:
             backend.model.edges_per_group = edges_per_group
         return backend.evaluate(vectors, edge_index, types, n_local)

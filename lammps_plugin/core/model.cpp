@@ -239,9 +239,9 @@ Model::Model(const std::string& path, int device_index) : impl_(std::make_unique
       raw = parse_key_values(extra[kMetadataFile]);
     }
     impl_->metadata = Metadata::parse(raw);
-    // On the CPU, the exporter's group size for this model (see Allegro.cpu_edges_per_group), else 1024.
-    // On a GPU the whole graph runs at once unless asked otherwise.
-    // NequIP's layer programs: 4096 (fastest of 1024-65536 on 1536 and 12288 atoms, benchmarks/lammps_speed.py's model).
+    // On the CPU, the exporter's group size for this model (Allegro.cpu_edges_per_group, NequIP's
+    // EDGES_PER_GROUP); for artifacts without one, those defaults. On a GPU the whole graph runs at once
+    // unless asked otherwise.
     const int64_t suggested = impl_->metadata.edges_per_group;
     const int64_t fallback = impl_->metadata.strictly_local() ? 1024 : 4096;
     edges_per_group_ = device_index >= 0 ? 0 : (suggested > 0 ? suggested : fallback);

@@ -28,7 +28,7 @@ struct Metadata {
   double r_max = 0.0;
   std::vector<double> edge_type_cutoffs;  // T*T row-major (center, neighbor); empty: r_max for all
   int message_passing_depth = 1;
-  int64_t edges_per_group = 0;  // the exporter's CPU group size for a strictly local model; 0: not given
+  int64_t edges_per_group = 0;  // the exporter's CPU group size (Allegro; NequIP's layer programs); 0: not given
   std::string model_dtype;  // "float32" | "float64"
   std::string units;        // LAMMPS units style of the training data, e.g. "metal"
   std::string device;       // "cpu" | "cuda"
@@ -89,8 +89,9 @@ class Model {
   void evaluate_exchanging(const Graph& graph, FeatureExchange& exchange, double* atomic_energy, double* edge_forces);
   bool exchanges_features() const { return metadata().exchange_layers > 0; }
 
-  // A strictly local model runs as groups of whole centers of about this many edges (0: the whole graph at
-  // once). Small groups keep every per-edge intermediate cache-sized and bound peak memory.
+  // A strictly local model, and a message-passing model's layer programs, run as groups of whole centers of
+  // about this many edges (0: the whole graph at once). Small groups keep every per-edge intermediate
+  // cache-sized and bound peak memory. Default on a CPU: the artifact's edges_per_group.
   int64_t edges_per_group() const { return edges_per_group_; }
   void set_edges_per_group(int64_t edges);
 

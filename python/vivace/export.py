@@ -13,7 +13,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import neighbor_graph
 from .models import EdgeForceModel
 from .models.exchange import exchange_programs, feature_widths, images_as_nodes
-from .nn.tensor_product import unrolled_contractions
+from .nn.execution import set_execution
 
 CONTRACT_VERSION = 1
 FORMATS = {".pt2": "aotinductor", ".pth": "torchscript", ".pt": "torchscript"}
@@ -28,7 +28,6 @@ class ExportError(RuntimeError):
 def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str, kernel: str = "torch") -> Dict[str, str]:
     hyper = spec["hyperparameters"]
     r_cut = model.geometry.r_cut
-    grouped = hasattr(model, "cpu_edges_per_group")
     exchange = spec["kind"] == "nequip"
     return {
         "contract_version": str(CONTRACT_VERSION),
@@ -37,7 +36,7 @@ def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str,
         "r_max": repr(float(hyper["r_max"])),
         "edge_type_cutoffs": "" if r_cut is None else " ".join(repr(float(c)) for c in r_cut.flatten()),
         "message_passing_depth": str(model.message_passing_depth),
-        "edges_per_group": str(model.cpu_edges_per_group()) if grouped else "0",
+        "edges_per_group": str(model.edges_per_group),
         "model_dtype": spec["dtype"],
         "units": spec.get("units", "metal"),
         "device": device,
@@ -74,8 +73,11 @@ def _aoti_files(module, example, dynamic_shapes, options):
     """AOTInductor's files for one program (traced symbolically, then exported with the given dynamic dims)."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    with unrolled_contractions():
+    set_execution(module, "export")
+    try:
         graph = make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*example)
+    finally:
+        set_execution(module, "eager")
     program = torch.export.export(graph, example, dynamic_shapes=dynamic_shapes, strict=False)
     return torch._inductor.aot_compile(
         program.module(check_guards=False), example, options={**options, "aot_inductor.package": True}

@@ -17,12 +17,12 @@ from torch import nn
 from ..nn import MLP, ChannelwiseTensorProduct, Linear, scatter_sum
 from ..nn.tensor_product import (
     component_index,
-    exporting,
     irreps_of,
     neighbor_slots,
     scalar_components,
     spread_over_components,
 )
+from ..nn.execution import in_python
 from .common import CutoffSpec, EdgeGeometry, EnergyHead, per_type
 
 LATENT_UPDATES = ("concat", "residual")
@@ -114,6 +114,8 @@ class Allegro(nn.Module):
     """Atomic energies (float64) of the nodes of a graph given its edge vectors r_ij = x_j - x_i."""
 
     message_passing_depth = 1  # strictly local: see `center_energies`
+    execution: str
+    edges_per_group: int
     tensor_product_kernel: str
 
     def __init__(
@@ -181,6 +183,8 @@ class Allegro(nn.Module):
         self.readout = MLP([num_scalar_features] + readout_hidden + [1])
         self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination)
         self.tensor_product_kernel = "torch"
+        self.execution = "eager"
+        self.edges_per_group = self.cpu_edges_per_group()
 
     def use_kernel(self, kernel: str) -> None:
         """The tensor products' implementation (see ChannelwiseTensorProduct): "torch" or "fused"."""
@@ -193,7 +197,7 @@ class Allegro(nn.Module):
         return self.center_energies(edge_vectors, center, atom_types[center], atom_types[neighbor], atom_types)
 
     def cpu_edges_per_group(self) -> int:
-        """Edges per group for grouped inference on a CPU: 1024 for 32 tensor features at l_max 2 (the
+        """Edges per group of whole centers for inference on a CPU (eager, the core, LAMMPS): 1024 for 32 tensor features at l_max 2 (the
         fastest, and least memory, in benchmarks/model_speed.py), scaled inversely with the per-edge width
         of the tensor features (channels x spherical-harmonic components), a power of two up to 16384.
         Narrower models then run fewer, larger groups, where each group's fixed cost would dominate."""
@@ -231,7 +235,7 @@ class Allegro(nn.Module):
         density_norm = self.density_norm[node_types].view(num_nodes, 1, 1)
 
         slots, width = None, 1
-        if not torch.jit.is_scripting() and not exporting() and self.tensor_product_kernel == "torch":
+        if not torch.jit.is_scripting() and in_python(self.execution) and self.tensor_product_kernel == "torch":
             slots, width = neighbor_slots(center, num_nodes)
         for layer in self.layers:
             new_latents, features = layer(latents, features, sh, cutoff, center, density_norm, slots, width)

@@ -15,40 +15,6 @@ from ..units import unit_style
 from .scale_shift import PerSpeciesScaleShift
 
 CutoffSpec = Dict[str, Union[float, Dict[str, float]]]
-CenterGroup = Tuple[Tuple[int, int], Tuple[int, int]]  # ((first edge, end edge), (first node, end node))
-
-
-@torch.jit.unused
-def sorted_by_center(
-    edge_vectors: torch.Tensor, edge_index: torch.Tensor
-) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """The edges in center order (stable) and the permutation applied, None when they already were."""
-    if not bool((edge_index[0, 1:] < edge_index[0, :-1]).any()):
-        return edge_vectors, edge_index, None
-    order = torch.argsort(edge_index[0], stable=True)
-    return edge_vectors[order], edge_index[:, order], order
-
-
-@torch.jit.unused
-def center_groups(center: torch.Tensor, num_nodes: int, edges_per_group: int) -> List[CenterGroup]:
-    """Edges sorted by center split into groups of whole centers of about `edges_per_group` edges each.
-    Each group's nodes run from its first center to its last; nodes without edges may fall between groups."""
-    if center.numel() == 0:
-        return []
-    ends = torch.cumsum(torch.bincount(center, minlength=num_nodes), 0)
-    num_edges = int(ends[-1])
-    targets = torch.arange(edges_per_group, max(num_edges, edges_per_group), edges_per_group, device=ends.device)
-    cuts = torch.unique(torch.searchsorted(ends, targets)).tolist() + [int(center[-1])]
-    groups: List[CenterGroup] = []
-    e0 = 0
-    for last in cuts:
-        e1 = int(ends[last])
-        if e1 > e0:
-            groups.append(((e0, e1), (int(center[e0]), last + 1)))
-            e0 = e1
-    return groups
-
-
 def cutoff_matrix(type_names: List[str], r_max: float, edge_type_cutoffs: Optional[CutoffSpec]) -> Optional[torch.Tensor]:
     """(T, T) cutoffs, row = center type, column = neighbor type, from {"H": {"O": 4.0}, "O-O": 3.5, "C": 4.5}.
 

@@ -10,37 +10,35 @@ import torch
 from torch import nn
 
 from ..nn import scatter_sum
-from ..nn.tensor_product import exporting
-from .common import center_groups, sorted_by_center
-
-# Inference of a strictly local model runs in groups of whole centers of about this many edges: every
-# per-edge intermediate then stays cache- and allocator-sized, and peak memory no longer grows with the graph.
-CHUNK_EDGES = 4096
+from ..nn.execution import center_groups, in_python, sorted_by_center
 
 
 class EdgeForceModel(nn.Module):
     """(edge_vectors, edge_index, atom_types, n_local) -> (atomic_energy (N,), edge_forces (E,3))
 
     edge_forces = dE_local/dr_ij with E_local the sum of atomic energies of nodes [0, n_local).
-    Both outputs are float64.
+    Both outputs are float64. Eager inference of a strictly local model runs in groups of whole centers of
+    the model's `edges_per_group` edges: every per-edge intermediate then stays cache- and allocator-sized,
+    and peak memory no longer grows with the graph.
     """
 
-    def __init__(self, model: nn.Module, create_graph: bool = False, chunk_edges: int = CHUNK_EDGES):
+    execution: str
+
+    def __init__(self, model: nn.Module, create_graph: bool = False):
         super().__init__()
         self.model = model
         self.create_graph = create_graph
-        self.chunk_edges = chunk_edges
+        self.execution = "eager"
 
     def forward(
         self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor, n_local: torch.Tensor
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         if (
             not torch.jit.is_scripting()
-            and not exporting()
-            and not torch.compiler.is_compiling()
+            and in_python(self.execution)
             and not self.create_graph
             and hasattr(self.model, "center_energies")
-            and edge_vectors.shape[0] > self.chunk_edges > 0
+            and edge_vectors.shape[0] > self.model.edges_per_group > 0
         ):
             return self._by_center_groups(edge_vectors, edge_index, atom_types, n_local)
         if not edge_vectors.requires_grad:
@@ -65,7 +63,7 @@ class EdgeForceModel(nn.Module):
         center_type, neighbor_type = atom_types[center], atom_types[edge_index[1]]
         atomic_energy = self.model.isolated_energies(atom_types)
         edge_forces = torch.empty(edge_vectors.shape, dtype=torch.float64, device=edge_vectors.device)
-        for (e0, e1), (n0, n1) in center_groups(center, atom_types.shape[0], self.chunk_edges):
+        for (e0, e1), (n0, n1) in center_groups(center, atom_types.shape[0], self.model.edges_per_group):
             vectors = edge_vectors[e0:e1].detach().requires_grad_(True)
             energy = self.model.center_energies(
                 vectors, center[e0:e1] - n0, center_type[e0:e1], neighbor_type[e0:e1], atom_types[n0:n1]

@@ -6,7 +6,7 @@ contraction
     out[e, k, c] = sum_q coef[q, c] x[e, m_q, c] y[e, n_q, c]      over the entries q = (k, m_q, n_q)
 
 with three ways to evaluate it, chosen by where it runs:
-- export (inside `unrolled_contractions`): a sum of gathered products, whose gradients are the same
+- export (execution "export", see execution.py): a sum of gathered products, whose gradients are the same
   contraction with the roles of (out, x, y) permuted, so forward, backward and double backward are gathers
   that inductor fuses into single loops vectorised along channels (never atomic scatters);
 - eager, y per node (Allegro's density): per node a small dense matrix times the node's padded edges;
@@ -71,8 +71,11 @@ class SparseContraction(nn.Module):
     group with entries that point at an extra all-zero coefficient row.
     """
 
+    execution: str
+
     def __init__(self, entries: List[Tuple[int, int, int]], dims: Tuple[int, int, int]):
         super().__init__()
+        self.execution = "eager"
         self.dims = dims
         self.widths: Dict[str, int] = {}
         for order in ROLE_ORDERS:
@@ -104,7 +107,7 @@ class SparseContraction(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """coef (num_entries, channels or 1); x (E, dims[1], C); y (E, dims[2], C or 1)."""
-        if not torch.jit.is_scripting() and exporting():
+        if not torch.jit.is_scripting() and self.execution == "export":
             return _contract_function(x, y, coef, self)
         return self.dense(x, y, coef)
 
@@ -140,26 +143,6 @@ class SparseContraction(nn.Module):
         xs, ys = x.permute(2, 0, 1), y.permute(2, 0, 1)  # (C, E, dim)
         outer = (xs.unsqueeze(-1) * ys.unsqueeze(-2)).flatten(-2)  # (C, E, dim_x * dim_y)
         return torch.matmul(outer, kernel).permute(1, 2, 0)
-
-
-_UNROLLED = [False]
-
-
-class unrolled_contractions:
-    """The exporter traces the model inside this context: contractions take their unrolled, gather-only form."""
-
-    def __enter__(self):
-        self.previous = _UNROLLED[0]
-        _UNROLLED[0] = True
-
-    def __exit__(self, *exc):
-        _UNROLLED[0] = self.previous
-
-
-@torch.jit.unused
-def exporting() -> bool:
-    """True inside `unrolled_contractions` (while the exporter traces the model)."""
-    return _UNROLLED[0]
 
 
 def contract_unrolled(x, y, coef, index_a, index_b, entry, width: int, dim_out: int) -> torch.Tensor:
