@@ -92,23 +92,15 @@ def test_core_exchanging_matches_the_model(artifact, fmt):
         core.evaluate_exchanging(vectors, images[::-1].copy(), np.concatenate([types, types[owner]]), len(types), owner)
 
 
-def without_programs(path, folder):
-    """The TorchScript artifact as an older vivace wrote it: no exchange programs in its metadata."""
-    from vivace.export import TORCHSCRIPT_METADATA_FILE
-
-    extra = {TORCHSCRIPT_METADATA_FILE: ""}
-    module = torch.jit.load(path, _extra_files=extra)
-    text = extra[TORCHSCRIPT_METADATA_FILE]
-    text = text.decode() if isinstance(text, bytes) else text
-    lines = [l for l in text.splitlines() if not l.startswith(("exchange_layers=", "feature_widths="))]
-    old = str(folder / "old.pth")
-    torch.jit.save(module, old, _extra_files={TORCHSCRIPT_METADATA_FILE: "\n".join(lines) + "\n"})
-    return old
-
-
 def test_artifact_without_programs(artifact, tmp_path):
-    """One rank needs no programs; several refuse to start, naming the two ways out."""
-    old = without_programs(artifact("nequip"), tmp_path)
+    """`vivace export --no-exchange` (or an export by an older vivace): one rank needs no programs; several
+    refuse to start, naming the two ways out."""
+    from vivace.cli import main as vivace
+
+    old = str(tmp_path / "old.pth")
+    assert vivace(["export", artifact("nequip", "float64", "ckpt"), "-o", old, "--no-exchange"]) == 0
+    scripted = torch.jit.load(old)
+    assert not any(name.startswith("exchange_") for name, _ in scripted.named_children())
     atoms = alloy("orthogonal")
     lines = f"pair_style nequip\npair_coeff * * {old} Al Cu"
     single_point(atoms, lines, TYPE_NAMES, str(tmp_path / "one"), nprocs=1)

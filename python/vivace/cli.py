@@ -25,7 +25,8 @@ def _evaluate(args):
 def _export(args):
     from .export import export
 
-    path = export(args.checkpoint, args.output, fmt=args.format, device=args.device, kernel=args.kernel)
+    path = export(args.checkpoint, args.output, fmt=args.format, device=args.device, kernel=args.kernel,
+                  exchange=not args.no_exchange)
     print(f"vivace export: wrote {path}")
 
 
@@ -68,6 +69,9 @@ def main(argv=None):
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--kernel", choices=["fused", "torch"], default=None,
                    help="Allegro's tensor product: PyTorch's (default) or the fused C++ operator (CPU only)")
+    p.add_argument("--no-exchange", action="store_true",
+                   help="NequIP: leave out the layer programs that LAMMPS ranks exchange features with (the "
+                        "artifact then runs on one rank or with 'pair_style nequip shell'; a .pt2 compiles faster)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("info", help="print an artifact's metadata")

@@ -25,10 +25,12 @@ class ExportError(RuntimeError):
     pass
 
 
-def artifact_metadata(model: torch.nn.Module, spec: Dict, device: str, fmt: str, kernel: str = "torch") -> Dict[str, str]:
+def artifact_metadata(
+    model: torch.nn.Module, spec: Dict, device: str, fmt: str, kernel: str = "torch", exchange: bool = True
+) -> Dict[str, str]:
     hyper = spec["hyperparameters"]
     r_cut = model.geometry.r_cut
-    exchange = spec["kind"] == "nequip"
+    exchange = exchange and spec["kind"] == "nequip"
     return {
         "contract_version": str(CONTRACT_VERSION),
         "model_kind": spec["kind"],
@@ -194,11 +196,21 @@ def _check_exchange(model, wrapper, spec: Dict, device: str) -> float:
                                ref_forces.detach().cpu().numpy())  # fmt: skip
 
 
-def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str = "cpu", kernel: Optional[str] = None) -> str:
+def export(
+    checkpoint: str,
+    output: str,
+    fmt: Optional[str] = None,
+    device: str = "cpu",
+    kernel: Optional[str] = None,
+    exchange: bool = True,
+) -> str:
     """Writes the artifact to `output` (atomically) and returns its path. `kernel`: Allegro's tensor-product
     implementation: "torch" (default; inductor's own kernels in AOTInductor) or "fused", the C++ operator
     vivace::channelwise_tp (Allegro on a CPU), opt-in until it beats them at every thread count
-    (benchmarks/kernel_speed.py: 0.94-1.08x of their speed at 1 thread, 0.70-0.92x at 2)."""
+    (benchmarks/kernel_speed.py: 0.94-1.08x of their speed at 1 thread, 0.70-0.92x at 2). `exchange`: a
+    NequIP artifact carries the layer programs with which LAMMPS ranks exchange features (models/exchange.py);
+    without them it runs on one rank, or with `pair_style nequip shell`, and a .pt2 compiles in a fraction of
+    the time (4 layers, 32 features: 483 s with them on 2 cores)."""
     ext = os.path.splitext(output)[1]
     fmt = fmt or FORMATS.get(ext)
     if fmt not in ("aotinductor", "torchscript"):
@@ -222,10 +234,10 @@ def export(checkpoint: str, output: str, fmt: Optional[str] = None, device: str 
             raise ExportError(f"the '{kernel}' kernel runs on a CPU only; export with --kernel torch for {device}")
         model.use_kernel(kernel)
     wrapper = EdgeForceModel(model).eval()
-    metadata = artifact_metadata(model, spec, device, fmt, kernel)
+    metadata = artifact_metadata(model, spec, device, fmt, kernel, exchange)
     vectors, edge_index, types = random_graph(len(spec["type_names"]), float(spec["hyperparameters"]["r_max"]), 8, 0)
     example = _torch_inputs(vectors, edge_index, types, len(types), device)
-    programs = exchange_examples(model, spec, device) if spec["kind"] == "nequip" else {}
+    programs = exchange_examples(model, spec, device) if exchange and spec["kind"] == "nequip" else {}
 
     folder = os.path.dirname(os.path.abspath(output))
     os.makedirs(folder, exist_ok=True)
