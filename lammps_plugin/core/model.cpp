@@ -176,6 +176,23 @@ namespace {
 // Above this many edges, a graph of local nodes only runs through the layer programs in groups.
 constexpr int64_t kWholeProgramEdges = int64_t(1) << 17;
 
+// Atom types of a host graph inside [0, T).
+void check_types(const Graph& g, int T) {
+  for (int64_t i = 0; i < g.num_nodes; ++i)
+    if (g.atom_types[i] < 0 || g.atom_types[i] >= T)
+      throw Error("atom type index " + std::to_string(g.atom_types[i]) + " is outside the model's " +
+                  std::to_string(T) + " types");
+}
+
+// The padding edge of a graph without edges: one self-edge beyond every cutoff, which contributes nothing.
+torch::Tensor far_edge(const Metadata& meta) {
+  double far = meta.r_max;
+  for (double c : meta.edge_type_cutoffs) far = std::max(far, c);
+  auto vectors = torch::zeros({1, 3}, torch::TensorOptions().dtype(torch::kFloat64));
+  vectors[0][0] = 2.0 * far + 1.0;
+  return vectors;
+}
+
 // The exchange of a graph without other nodes.
 class NoExchange : public FeatureExchange {
  public:
@@ -292,10 +309,7 @@ void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces)
   // No local node: nothing counts, nothing moves. No node at all: nothing to run.
   if (g.num_nodes == 0 || g.num_local == 0) return;
 
-  for (int64_t i = 0; i < g.num_nodes; ++i)
-    if (g.atom_types[i] < 0 || g.atom_types[i] >= T)
-      throw Error("atom type index " + std::to_string(g.atom_types[i]) + " is outside the model's " +
-                  std::to_string(T) + " types");
+  check_types(g, T);
 
   impl_->last_model_seconds = 0.0;
   if (impl_->metadata.strictly_local() && edges_per_group_ > 0 && g.num_edges > edges_per_group_) {
@@ -321,10 +335,7 @@ void Model::run_graph(const Graph& g, double* atomic_energy, double* edge_forces
   auto i64 = torch::TensorOptions().dtype(torch::kInt64).device(memory);
   torch::Tensor vectors, index;
   if (g.num_edges == 0) {
-    double far = impl_->metadata.r_max;
-    for (double c : impl_->metadata.edge_type_cutoffs) far = std::max(far, c);
-    vectors = torch::zeros({1, 3}, f64.device(torch::kCPU));
-    vectors[0][0] = 2.0 * far + 1.0;
+    vectors = far_edge(impl_->metadata);
     index = torch::zeros({2, 1}, i64.device(torch::kCPU));
   } else {
     vectors = torch::from_blob(const_cast<double*>(g.edge_vectors), {E, 3}, f64);
@@ -440,7 +451,7 @@ void Model::evaluate_by_center_groups(const Graph& g, double* atomic_energy, dou
 namespace {
 
 // A group of consecutive centers [n0, n1) with all their edges, as one program's graph: centers renumbered
-// from 0, then the other nodes its edges reach (`others`, node numbers of the whole graph).
+// from 0, then the other nodes its edges reach (`others`, node numbers of the whole graph; N for padding).
 struct GroupGraph {
   int64_t e0, e1, n0, n1;
   torch::Tensor vectors, index, center_types, other_types, others;
@@ -470,10 +481,7 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
   const int T = meta.num_types();
   std::fill(atomic_energy, atomic_energy + N, 0.0);
   std::fill(edge_forces, edge_forces + 3 * E, 0.0);
-  for (int64_t i = 0; i < N; ++i)
-    if (g.atom_types[i] < 0 || g.atom_types[i] >= T)
-      throw Error("atom type index " + std::to_string(g.atom_types[i]) + " is outside the model's " +
-                  std::to_string(T) + " types");
+  check_types(g, T);
   for (int64_t e = 0; e < E; ++e)
     if (g.edge_center[e] < 0 || g.edge_center[e] >= Nc)
       throw Error("exchanging features needs every edge to start at a local node");
@@ -496,8 +504,6 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
     center[e] = g.edge_center[order[e]];
     neighbor[e] = g.edge_neighbor[order[e]];
   }
-  double far = meta.r_max;
-  for (double c : meta.edge_type_cutoffs) far = std::max(far, c);
 
   // the groups, each with at least one edge (a self-edge beyond every cutoff) and one other node (no edges)
   std::vector<GroupGraph> groups;
@@ -525,20 +531,15 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
       index[(e1 - e0) + (e - e0)] = k + slot[j];
     }
     for (int64_t j : others) slot[j] = -1;
-    if (e1 == e0) {
-      grp.vectors = torch::zeros({1, 3}, f64);
-      grp.vectors[0][0] = 2.0 * far + 1.0;
-    } else {
-      grp.vectors = torch::from_blob(&vectors[3 * e0], {e1 - e0, 3}, f64);
-    }
+    grp.vectors = e1 == e0 ? far_edge(meta) : torch::from_blob(&vectors[3 * e0], {e1 - e0, 3}, f64);
     grp.index = torch::from_blob(index.data(), {2, std::max<int64_t>(e1 - e0, 1)}, i64).clone();
     grp.center_types = torch::from_blob(const_cast<int64_t*>(g.atom_types) + n0, {k}, i64);
-    if (others.empty()) {  // the programs' padding node, of type 0 and zero features
-      others.push_back(-1);
+    if (others.empty()) {  // the programs' padding node, of type 0, reading the zero row N of the features
+      others.push_back(N);
       other_types.push_back(0);
     }
     grp.other_types = torch::from_blob(other_types.data(), {static_cast<int64_t>(other_types.size())}, i64).clone();
-    grp.others = torch::from_blob(others.data(), {static_cast<int64_t>(others.size())}, i64).clone();
+    grp.others = torch::from_blob(others.data(), {static_cast<int64_t>(others.size())}, i64).to(dev, false, true);
     grp.vectors = grp.vectors.to(dev);
     grp.index = grp.index.to(dev);
     grp.center_types = grp.center_types.to(dev);
@@ -566,10 +567,6 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
     impl_->last_model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return out;
   };
-  // rows [0, N) of h at a group's other nodes; the padding node (-1) reads a row of zeros at N
-  auto at_others = [&](const torch::Tensor& h, const GroupGraph& grp) {
-    return h.index_select(0, torch::where(grp.others < 0, N, grp.others).to(h.device()));
-  };
   auto forces = torch::zeros({std::max<int64_t>(E, 1), 3}, f64.device(dev));
   auto add_forces = [&](const GroupGraph& grp, const torch::Tensor& grad_vectors) {
     if (grp.e1 > grp.e0) forces.slice(0, grp.e0, grp.e1).add_(grad_vectors.to(torch::kFloat64));
@@ -584,7 +581,7 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
     for (const auto& grp : groups) {
       auto out = k == 0 ? run("exchange_layer_0", grp, {})
                         : run("exchange_layer_" + std::to_string(k), grp,
-                              {h[k].slice(0, grp.n0, grp.n1), at_others(h[k], grp)});
+                              {h[k].slice(0, grp.n0, grp.n1), h[k].index_select(0, grp.others)});
       h[k + 1].slice(0, grp.n0, grp.n1).copy_(out[0]);
     }
     if (k + 1 == L) break;  // the last features are read by their own centers only
@@ -614,9 +611,9 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
         continue;
       }
       auto out = run("exchange_layer_" + std::to_string(k) + "_vjp", grp,
-                     {h[k].slice(0, grp.n0, grp.n1), at_others(h[k], grp), cotangent});
+                     {h[k].slice(0, grp.n0, grp.n1), h[k].index_select(0, grp.others), cotangent});
       next.slice(0, grp.n0, grp.n1).add_(out[0]);
-      next.index_add_(0, torch::where(grp.others < 0, N, grp.others).to(next.device()), out[1]);
+      next.index_add_(0, grp.others, out[1]);
       add_forces(grp, out[2]);
     }
     if (k == 0) break;

@@ -139,19 +139,16 @@ def exchange_examples(model: torch.nn.Module, spec: Dict, device: str) -> Dict[s
     def features(rows, width):
         return torch.randn(rows, width, generator=generator, dtype=dtype).to(device)
 
-    examples = {}
-    for name, module in exchange_programs(model).items():
-        k = int(name.split("_")[2]) if name != "exchange_readout" else len(widths)
-        if name == "exchange_readout":
-            extra, dims = (features(num_centers, widths[-1]),), ({0: centers},)
-        elif k == 0:
-            extra, dims = ((features(num_centers, widths[0]),), ({0: centers},)) if name.endswith("_vjp") else ((), ())
-        else:
-            extra = (features(num_centers, widths[k - 1]), features(num_others, widths[k - 1]))
-            dims = ({0: centers}, {0: others})
-            if name.endswith("_vjp"):
-                extra, dims = extra + (features(num_centers, widths[k]),), dims + ({0: centers},)
-        examples[name] = (module, graph + extra, graph_dims + dims)
+    programs, examples = exchange_programs(model), {}
+    for k, width in enumerate(widths):  # layer k reads h_k (none for k = 0) and gives h_k+1 of width `width`
+        h = () if k == 0 else (features(num_centers, widths[k - 1]), features(num_others, widths[k - 1]))
+        h_dims = () if k == 0 else ({0: centers}, {0: others})
+        name = f"exchange_layer_{k}"
+        examples[name] = (programs[name], graph + h, graph_dims + h_dims)
+        examples[name + "_vjp"] = (programs[name + "_vjp"], graph + h + (features(num_centers, width),),
+                                   graph_dims + h_dims + ({0: centers},))  # fmt: skip
+    examples["exchange_readout"] = (programs["exchange_readout"], graph + (features(num_centers, widths[-1]),),
+                                    graph_dims + ({0: centers},))  # fmt: skip
     return examples
 
 
