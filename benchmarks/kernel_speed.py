@@ -26,6 +26,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from lammps_speed import alloy  # noqa: E402
+from machine import cpu_name  # noqa: E402
 from model_speed import HYPER  # noqa: E402
 
 TYPES = ["Al", "Cu"]
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
     _core.keep_freed_memory_for_reuse()  # as the LAMMPS pair style does
     lines = [f"# python benchmarks/kernel_speed.py --threads {' '.join(map(str, args.threads))} --dtypes "
              f"{' '.join(args.dtypes)} --atoms {' '.join(map(str, args.atoms))} --rounds {args.rounds}   "
-             f"({time.strftime('%Y-%m-%d')}, {_cpu()}, torch {torch.__version__})",
+             f"({time.strftime('%Y-%m-%d')}, {cpu_name()}, torch {torch.__version__})",
              "# energy+forces per call through the C++ core (AOTInductor .pt2), median of the alternated calls; "
              "GFLOP/s from the hand count, % of peak at that thread count",
              f"{'dtype':<8} {'atoms':>6} {'edges':>8} {'threads':>7} {'GFLOP':>7} | {'fused ms':>9} {'GFLOP/s':>8} "
@@ -131,12 +132,6 @@ def main(argv=None) -> int:
     with open(args.out, "w") as f:
         f.write("\n".join(lines) + "\n")
     return 0
-
-
-def _cpu() -> str:
-    with open("/proc/cpuinfo") as f:
-        model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "unknown CPU")
-    return f"{model}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

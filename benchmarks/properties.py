@@ -11,7 +11,9 @@ this script
    energy has no angular terms, and 2 for Si: with l_max 1 Stillinger-Weber's bond-angle term is out of reach,
    Si forces stall near 150 meV/A against 75 with l_max 2 in the same 8 minutes; `--model default` takes the
    documented model defaults, l_max 2 and 64/16 features, which a budget of minutes on 2 cores trains for
-   only ~10 epochs), and exports the best model to .pt2;
+   only ~10 epochs), and exports the best model to .pt2. r_max is 5 A for all three, below the Al-Cu EAM's reach
+   (6.68 A); r_max 7 was tried for it (10 minutes, 1 thread each): 15 epochs instead of ~45, and both codes
+   came out worse (vivace a +0.63%, C44 -40%, E_vac -52%; upstream, 8 epochs, a -3.4%, B -41%);
 3. measures with `vivace.properties`, for the reference (its own pair style) and for the model
    (`pair_style allegro`), in the same LAMMPS: lattice constant, cohesive energy, bulk modulus, C11/C12/C44,
    vacancy formation energy, (100) and (111) surface energies, the phonon frequencies at X, and the first
@@ -42,6 +44,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from machine import cpu_name  # noqa: E402
 
 # relative tolerance of each property (None: reported, no target), from the issue
 TARGETS = {
@@ -200,7 +203,7 @@ def train_model(s: System, workdir: str, minutes: float, threads: int, model: di
     return export(os.path.join(run, "best.ckpt"), os.path.join(workdir, "model.pt2"))
 
 
-def train_upstream_model(workdir: str, minutes: float, threads: int, model: str, l_max: int,
+def train_upstream_model(s: System, workdir: str, minutes: float, threads: int, model: str,
                          isolated: Optional[Dict[str, float]] = None) -> tuple:
     """Upstream Allegro on the same train/val split and budget, with its documented energy/force/stress loss
     (coefficients 1:1:1, per-atom energy; benchmarks/upstream_training.py maps every other setting), compiled
@@ -210,7 +213,7 @@ def train_upstream_model(workdir: str, minutes: float, threads: int, model: str,
     train, val = os.path.join(workdir, "train.xyz"), os.path.join(workdir, "val.xyz")
     hyper = {**UPSTREAM_MODELS[model], "stress_coeff": 1.0}
     if model == "small":
-        hyper["l_max"] = l_max
+        hyper["l_max"] = s.l_max
     if isolated is not None:
         hyper["energy_shifts"] = dict(isolated)  # upstream's per_type_energy_shifts
     result = train_upstream("allegro", train, val, val, os.path.join(workdir, "upstream"), minutes, threads=threads,
@@ -325,6 +328,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=os.path.join(HERE, "results", "properties.txt"))
     args = parser.parse_args(argv)
 
+    from vivace.checkpoint import load_checkpoint
+
     plugin = None
     if args.upstream_source:
         os.makedirs(args.workdir, exist_ok=True)
@@ -340,8 +345,8 @@ def main(argv=None) -> int:
         isolated = isolated_atom_energies(s, os.path.join(workdir, "data")) if args.energy_reference == "isolated" else None
         t1 = time.monotonic()
         with ThreadPoolExecutor(1) as pool:  # upstream trains in its own process, beside vivace
-            upstream = plugin and pool.submit(train_upstream_model, workdir, args.minutes, args.threads, args.model,
-                                              s.l_max, isolated)  # fmt: skip
+            upstream = plugin and pool.submit(train_upstream_model, s, workdir, args.minutes, args.threads, args.model,
+                                              isolated)  # fmt: skip
             model = dict(MODELS[args.model], l_max=s.l_max) if args.model == "small" else MODELS[args.model]
             artifact = train_model(s, workdir, args.minutes, args.threads, model, isolated)
             t2 = time.monotonic()
@@ -356,8 +361,10 @@ def main(argv=None) -> int:
                      for code, lines in sorted(codes.items(), key=lambda kv: kv[0] != "upstream")}  # fmt: skip
             rows[s.name] = {code: later[code].result() for code in codes}
         t4 = time.monotonic()
+        best = load_checkpoint(os.path.join(workdir, "run", "best.ckpt"))
         note = (f"{key}: {len(frames)} reference frames in {t1 - t0:.0f} s; vivace training {args.minutes:g} min + "
-                f"export {t2 - t1:.0f} s in all")  # fmt: skip
+                f"export {t2 - t1:.0f} s in all, best epoch {best['epoch']}, its validation errors E "
+                f"{best['metrics']['energy_mae']:.2f} meV/atom, F {best['metrics']['force_mae']:.1f} meV/A")  # fmt: skip
         if upstream_run:
             note += (f"; upstream {upstream_run['epochs']} epochs in {upstream_run['train_seconds']:.0f} s, "
                      f"compiled by {t3 - t1:.0f} s, its validation errors E {upstream_run['energy_mae_per_atom']:.2f} "
@@ -378,7 +385,7 @@ def report(args, plugin, rows, notes) -> str:
     size = "a small Allegro (32/8 features, l_max 1 for Cu and Al, 2 for Si)" if args.model == "small" else "the default Allegro (l_max 2, 64/16)"
     command = (f"python benchmarks/properties.py --systems {' '.join(args.systems)} --minutes {args.minutes:g} "
                f"--threads {args.threads} --model {args.model} --energy-reference {args.energy_reference}" + (" --upstream-source PATH" if plugin else ""))
-    header = (f"# {command}   ({time.strftime('%Y-%m-%d')}, {_cpu()})\n"
+    header = (f"# {command}   ({time.strftime('%Y-%m-%d')}, {cpu_name()})\n"
               f"# vivace: {size}, float64, r_max 5, documented training defaults, trained on energies, forces "
               "and stresses; error = (model - reference) / reference")  # fmt: skip
     if args.energy_reference == "isolated":
@@ -396,15 +403,6 @@ def report(args, plugin, rows, notes) -> str:
     with open(args.out, "w") as f:  # after every system, so that a later failure keeps what was measured
         f.write(text)
     return text
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        model = "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

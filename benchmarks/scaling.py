@@ -24,6 +24,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from lammps_speed import TYPE_NAMES, make_artifact  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 # fcc cells per side -> atoms (4 per cell): 864, 10976, 97556, 1000188
 SIZES = {1_000: (6, 6, 6), 10_000: (14, 14, 14), 100_000: (29, 29, 29), 1_000_000: (63, 63, 63)}
@@ -105,7 +106,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     folder = tempfile.mkdtemp(prefix="vivace_scaling_")
     artifact = make_artifact("allegro", folder)
-    lines = [f"# python benchmarks/scaling.py  ({time.strftime('%Y-%m-%d')}, {_cpu()}); float32 Allegro "
+    lines = [f"# python benchmarks/scaling.py  ({time.strftime('%Y-%m-%d')}, {cpu_name()}); float32 Allegro "
              "(model_speed.py's), pair_style allegro, 1 thread per rank, center groups (the default)",
              f"{'atoms':>9} {'ranks':>5} {'us/atom-step':>13} {'s/step':>9} {'peak RSS MB':>12}"]  # fmt: skip
     print("\n".join(lines), flush=True)
@@ -133,12 +134,6 @@ def main(argv=None) -> int:
         with open(args.out, "w") as f:
             f.write(text)
     return 0
-
-
-def _cpu() -> str:
-    with open("/proc/cpuinfo") as f:
-        model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    return f"{model}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

@@ -47,6 +47,27 @@ def test_values_and_gradients_equal_the_reference(dtype, seed):
     assert torch.all(results[0][2][-2:] == 0)  # nodes without edges get no gradient
 
 
+def test_the_same_on_two_threads_as_on_one():
+    """A problem large enough to be split among threads (edges in blocks of 64 forward, centers in blocks of 16
+    backward), centers unsorted: the fused operator's values and gradients equal the reference's on 2 threads."""
+    x, y, center, coef, table, dim_out = problem(4, torch.float64, num_edges=3000, num_nodes=200, channels=24,
+                                                 dims=(9, 9, 9), entries=60)  # fmt: skip
+    grad = torch.randn(x.shape[0], dim_out, x.shape[2], dtype=torch.float64)
+    threads = torch.get_num_threads()
+    results = {}
+    try:
+        for op, count in ((kernels.channelwise_tp, 2), (kernels.channelwise_tp, 1), (kernels.channelwise_tp_reference, 1)):
+            torch.set_num_threads(count)
+            inputs = [t.clone().requires_grad_(True) for t in (x, y, coef)]
+            out = op(inputs[0], inputs[1], center, inputs[2], table, dim_out)
+            results[op, count] = [out, *torch.autograd.grad(out, inputs, grad)]
+    finally:
+        torch.set_num_threads(threads)
+    for two, one, reference in zip(*results.values()):
+        torch.testing.assert_close(two, reference, **TOLERANCE[torch.float64])
+        torch.testing.assert_close(two, one, **TOLERANCE[torch.float64])
+
+
 def test_gradcheck_float64():
     x, y, center, coef, table, dim_out = problem(5, torch.float64, num_edges=7, num_nodes=4, channels=3, entries=12)
     inputs = [t.clone().requires_grad_(True) for t in (x, y, coef)]
@@ -105,6 +126,15 @@ def test_traced_graph_calls_the_operator_and_its_backward():
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
+def test_the_operators_run_on_torchs_threads():
+    """at::parallel_for is an inline OpenMP loop in torch's headers: a library built without OpenMP runs it on
+    one thread whatever torch.set_num_threads says (ours did, until cmake/Kernels.cmake linked OpenMP)."""
+    import subprocess
+
+    linked = subprocess.run(["ldd", kernels.library_path()], capture_output=True, text=True, check=True).stdout
+    assert "libgomp" in linked or "libomp" in linked, linked
+
+
 def test_artifacts_of_both_kernels_equal_the_eager_model(tmp_path):
     """The exported model with the fused operator (AOTInductor, calling it through its proxy executor, and
     TorchScript) and with PyTorch's tensor product, all through the C++ core,
@@ -117,19 +147,22 @@ def test_artifacts_of_both_kernels_equal_the_eager_model(tmp_path):
     checkpoint = make_checkpoint(str(tmp_path / "model.ckpt"))
     vectors, edge_index, types = random_graph(2, 4.0, 17, 3)
     eager = load_backend(checkpoint).evaluate(vectors, edge_index, types, 12)
-    for kernel, ext in (("fused", ".pt2"), ("fused", ".pth"), ("torch", ".pth")):
+    for kernel, ext in ((None, ".pt2"), ("fused", ".pth"), ("torch", ".pth")):
         path = export(checkpoint, str(tmp_path / f"{kernel}{ext}"), kernel=kernel)
         model = _core.Model(path, -1)
-        assert model.metadata["tensor_product_kernel"] == kernel
+        assert model.metadata["tensor_product_kernel"] == (kernel or "fused")  # the default on a CPU
         for ours, reference in zip(model.evaluate(vectors, edge_index, types, 12), eager):
             np.testing.assert_allclose(ours[: len(reference)], reference, rtol=1e-10, atol=1e-12)
 
 
 def test_the_fused_kernel_is_refused_where_it_does_not_apply(tmp_path):
     from conftest import make_checkpoint
+    from vivace import _core
     from vivace.export import ExportError, export
 
     nequip = make_checkpoint(str(tmp_path / "nequip.ckpt"), kind="nequip")
+    default = export(nequip, str(tmp_path / "default.pth"))
+    assert _core.Model(default, -1).metadata["tensor_product_kernel"] == "torch"
     with pytest.raises(ExportError, match="a nequip model has no 'fused' kernel"):
         export(nequip, str(tmp_path / "nequip.pth"), kernel="fused")
     with pytest.raises(ValueError, match="unknown tensor-product kernel 'fast'"):

@@ -4,8 +4,9 @@
 //     out[e, k, c] = sum_q coef[q, c] x[e, m_q, c] y[center[e], n_q, c]      q over the entries (k_q, m_q, n_q),
 //
 // and its backward. x (E, dim_x, C), y (N, dim_y, C), coef (Q, C), all contiguous with channels innermost, so
-// every inner loop runs along C and vectorises. Edges are split among threads; the gradient of y is
-// accumulated per center (edges visited in center order), so no two threads write the same row.
+// every inner loop runs along C and vectorises. The edges are visited center by center, centers split among
+// torch's threads (at::parallel_for): each center's factor coef[q] y[i, n_q] is formed once for all its edges,
+// and the gradient of y is accumulated per center, so no two threads write the same row.
 //
 // Registered operators (schema in TORCH_LIBRARY below): the forward, its backward, and an Autograd kernel
 // tying them together (first derivatives: inference and forces; training's double backward uses the PyTorch
@@ -103,59 +104,78 @@ Grouped group_by(const int64_t* index, int64_t count, int64_t rows) {
 template <typename T>
 constexpr int64_t kBlock = 64 / sizeof(T);
 
-// acc[j] = sum over the group's entries p of w_p[j] u_p[j] v_p[j], for the channels [c0, c0 + width) of one row;
-// u and v are the rows of the two other factors, picked by the entry.
+// acc[j] = sum over the group's entries p of a_p[j] b_p[j], for the channels [c0, c0 + width) of one row; a and
+// b are the rows of the two factors, picked by the entry.
 template <typename T, typename RowsOf>
-inline void contract_row(const int64_t* order, int64_t begin, int64_t end, const T* coef, int64_t C, int64_t c0,
-                         int64_t width, RowsOf rows_of, T* acc) {
+inline void contract_row(const int64_t* order, int64_t begin, int64_t end, int64_t c0, int64_t width,
+                         RowsOf rows_of, T* acc) {
   for (int64_t j = 0; j < kBlock<T>; ++j) acc[j] = T(0);
   for (int64_t s = begin; s < end; ++s) {
-    const int64_t p = order[s];
-    const auto [u, v] = rows_of(p);
-    const T* __restrict__ w = coef + p * C + c0;
-    const T* __restrict__ uu = u + c0;
-    const T* __restrict__ vv = v + c0;
+    const auto [a, b] = rows_of(order[s]);
+    const T* __restrict__ aa = a + c0;
+    const T* __restrict__ bb = b + c0;
     if (width == kBlock<T>) {
 #pragma omp simd
-      for (int64_t j = 0; j < kBlock<T>; ++j) acc[j] += w[j] * uu[j] * vv[j];
+      for (int64_t j = 0; j < kBlock<T>; ++j) acc[j] += aa[j] * bb[j];
     } else {
-      for (int64_t j = 0; j < width; ++j) acc[j] += w[j] * uu[j] * vv[j];
+      for (int64_t j = 0; j < width; ++j) acc[j] += aa[j] * bb[j];
     }
   }
 }
 
-// Every row r of one output block: acc = the sum over the entries with index r, then store(r, acc).
+// Every row r of an output: the sum over the entries with index r, block by block of channels, each stored
+// with store(r, c0, width, sum).
 template <typename T, typename RowsOf, typename Store>
-inline void contract_rows(const Grouped& g, int64_t rows, const T* coef, int64_t C, int64_t c0, int64_t width,
-                          RowsOf rows_of, T* acc, Store store) {
-  for (int64_t r = 0; r < rows; ++r) {
-    contract_row(g.order.data(), g.start[r], g.start[r + 1], coef, C, c0, width, rows_of, acc);
-    store(r, acc);
+inline void contract_rows(const Grouped& g, int64_t rows, int64_t C, RowsOf rows_of, Store store) {
+  alignas(64) T acc[kBlock<T>];
+  for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
+    const int64_t width = std::min(kBlock<T>, C - c0);
+    for (int64_t r = 0; r < rows; ++r) {
+      contract_row(g.order.data(), g.start[r], g.start[r + 1], c0, width, rows_of, acc);
+      store(r, c0, width, acc);
+    }
   }
 }
 
+// wy[p] = coef[p] y_i[n_p]: each entry's weighted factor of center i, shared by all of i's edges, so that
+// the per-edge work is one product of two rows per entry.
+template <typename T>
+void weighted_center_rows(const T* coef, const T* yi, Entries q, int64_t C, T* wy) {
+  for (int64_t p = 0; p < q.count; ++p) {
+    const T* __restrict__ w = coef + p * C;
+    const T* __restrict__ v = yi + q.n[p] * C;
+    T* __restrict__ out = wy + p * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) out[c] = w[c] * v[c];
+  }
+}
+
+// out[e, k] = sum_{q: k_q = k} wy[q] x[e, m_q], center by center.
 template <typename T>
 void forward_kernel(const T* x, const T* y, const int64_t* center, const T* coef, Entries q, T* out,
-                    int64_t num_edges, int64_t dim_x, int64_t dim_y, int64_t dim_out, int64_t C) {
+                    int64_t num_edges, int64_t num_nodes, int64_t dim_x, int64_t dim_y, int64_t dim_out, int64_t C) {
+  const CenterOrder order = center_order(center, num_edges, num_nodes);
   const Grouped by_k = group_by(q.k, q.count, dim_out);
-  at::parallel_for(0, num_edges, 64, [&](int64_t begin, int64_t end) {
-    alignas(64) T acc[kBlock<T>];
-    for (int64_t e = begin; e < end; ++e) {
-      const T* xe = x + e * dim_x * C;
-      const T* yi = y + center[e] * dim_y * C;
-      T* oe = out + e * dim_out * C;
-      auto factors = [&](int64_t p) { return std::make_pair(xe + q.m[p] * C, yi + q.n[p] * C); };
-      for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
-        const int64_t width = std::min(kBlock<T>, C - c0);
-        contract_rows(by_k, dim_out, coef, C, c0, width, factors, acc,
-                      [&](int64_t k, const T* sum) { std::copy(sum, sum + width, oe + k * C + c0); });
+  at::parallel_for(0, num_nodes, 4, [&](int64_t begin, int64_t end) {
+    std::vector<T> wy(q.count * C);
+    for (int64_t i = begin; i < end; ++i) {
+      if (order.start[i] == order.start[i + 1]) continue;
+      weighted_center_rows(coef, y + i * dim_y * C, q, C, wy.data());
+      for (int64_t s = order.start[i]; s < order.start[i + 1]; ++s) {
+        const int64_t e = order.edges[s];
+        const T* xe = x + e * dim_x * C;
+        T* oe = out + e * dim_out * C;
+        contract_rows<T>(
+            by_k, dim_out, C, [&](int64_t p) { return std::make_pair(wy.data() + p * C, xe + q.m[p] * C); },
+            [&](int64_t k, int64_t c0, int64_t width, const T* sum) { std::copy(sum, sum + width, oe + k * C + c0); });
       }
     }
   });
 }
 
-// grad_x[e, m] = sum_{q: m_q = m} w g[e, k] y[i, n]  and  grad_y[i, n] += sum_{q: n_q = n} w g[e, k] x[e, m], with
-// the entries grouped by m and by n; grad_coef[q] += g[e, k] x[e, m] y[i, n] when asked (training, tests).
+// Center by center (no two threads write one row of grad_y):
+//   grad_x[e, m] = sum_{q: m_q = m} wy[q] g[e, k_q],    gwy[q] = sum over i's edges of g[e, k_q] x[e, m_q],
+//   grad_y[i, n] = sum_{q: n_q = n} coef[q] gwy[q],   and when asked grad_coef[q] += gwy[q] y[i, n_q].
 template <typename T>
 void backward_kernel(const T* g, const T* x, const T* y, const int64_t* center, const T* coef, Entries q,
                      T* grad_x, T* grad_y, T* grad_coef, int64_t num_edges, int64_t num_nodes, int64_t dim_x,
@@ -164,38 +184,44 @@ void backward_kernel(const T* g, const T* x, const T* y, const int64_t* center, 
   const Grouped by_m = group_by(q.m, q.count, dim_x), by_n = group_by(q.n, q.count, dim_y);
   const int threads = at::get_num_threads();
   std::vector<std::vector<T>> coef_sums(grad_coef ? threads : 0, std::vector<T>(q.count * C, T(0)));
-  at::parallel_for(0, num_nodes, 16, [&](int64_t begin, int64_t end) {
-    alignas(64) T acc[kBlock<T>];
+  at::parallel_for(0, num_nodes, 4, [&](int64_t begin, int64_t end) {
+    std::vector<T> wy(q.count * C), gwy(q.count * C);
     T* coef_sum = grad_coef ? coef_sums[at::get_thread_num()].data() : nullptr;
     for (int64_t i = begin; i < end; ++i) {
       const T* yi = y + i * dim_y * C;
       T* gyi = grad_y + i * dim_y * C;
-      std::fill(gyi, gyi + dim_y * C, T(0));
+      if (order.start[i] == order.start[i + 1]) {
+        std::fill(gyi, gyi + dim_y * C, T(0));
+        continue;
+      }
+      weighted_center_rows(coef, yi, q, C, wy.data());
+      std::fill(gwy.begin(), gwy.end(), T(0));
       for (int64_t s = order.start[i]; s < order.start[i + 1]; ++s) {
-        const int64_t e = order.edges[s];  // every edge is visited once, under its center
+        const int64_t e = order.edges[s];
         const T* ge = g + e * dim_out * C;
         const T* xe = x + e * dim_x * C;
         T* gxe = grad_x + e * dim_x * C;
-        auto for_x = [&](int64_t p) { return std::make_pair(ge + q.k[p] * C, yi + q.n[p] * C); };
-        auto for_y = [&](int64_t p) { return std::make_pair(ge + q.k[p] * C, xe + q.m[p] * C); };
-        for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
-          const int64_t width = std::min(kBlock<T>, C - c0);
-          contract_rows(by_m, dim_x, coef, C, c0, width, for_x, acc,
-                        [&](int64_t m, const T* sum) { std::copy(sum, sum + width, gxe + m * C + c0); });
-          contract_rows(by_n, dim_y, coef, C, c0, width, for_y, acc, [&](int64_t n, const T* sum) {
-            T* __restrict__ row = gyi + n * C + c0;
-            for (int64_t j = 0; j < width; ++j) row[j] += sum[j];
-          });
-        }
-        if (coef_sum) {
-          for (int64_t p = 0; p < q.count; ++p) {
-            const T* __restrict__ gk = ge + q.k[p] * C;
-            const T* __restrict__ a = xe + q.m[p] * C;
-            const T* __restrict__ b = yi + q.n[p] * C;
-            T* __restrict__ gw = coef_sum + p * C;
+        contract_rows<T>(
+            by_m, dim_x, C, [&](int64_t p) { return std::make_pair(wy.data() + p * C, ge + q.k[p] * C); },
+            [&](int64_t m, int64_t c0, int64_t width, const T* sum) { std::copy(sum, sum + width, gxe + m * C + c0); });
+        for (int64_t p = 0; p < q.count; ++p) {
+          const T* __restrict__ gk = ge + q.k[p] * C;
+          const T* __restrict__ xm = xe + q.m[p] * C;
+          T* __restrict__ acc = gwy.data() + p * C;
 #pragma omp simd
-            for (int64_t c = 0; c < C; ++c) gw[c] += gk[c] * a[c] * b[c];
-          }
+          for (int64_t c = 0; c < C; ++c) acc[c] += gk[c] * xm[c];
+        }
+      }
+      contract_rows<T>(
+          by_n, dim_y, C, [&](int64_t p) { return std::make_pair(coef + p * C, gwy.data() + p * C); },
+          [&](int64_t n, int64_t c0, int64_t width, const T* sum) { std::copy(sum, sum + width, gyi + n * C + c0); });
+      if (coef_sum) {
+        for (int64_t p = 0; p < q.count; ++p) {
+          const T* __restrict__ a = gwy.data() + p * C;
+          const T* __restrict__ b = yi + q.n[p] * C;
+          T* __restrict__ gw = coef_sum + p * C;
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) gw[c] += a[c] * b[c];
         }
       }
     }
@@ -219,7 +245,7 @@ at::Tensor channelwise_tp_cpu(const at::Tensor& x_in, const at::Tensor& y_in, co
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channelwise_tp", [&] {
     forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), center.data_ptr<int64_t>(),
                              coef.data_ptr<scalar_t>(), entries_of(entries), out.data_ptr<scalar_t>(), E,
-                             x.size(1), y.size(1), dim_out, C);
+                             y.size(0), x.size(1), y.size(1), dim_out, C);
   });
   return out;
 }

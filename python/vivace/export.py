@@ -193,6 +193,13 @@ def _check_exchange(model, wrapper, spec: Dict, device: str) -> float:
                                ref_forces.detach().cpu().numpy())  # fmt: skip
 
 
+def default_kernel(model: torch.nn.Module, device: str) -> str:
+    """"fused" where it runs (Allegro on a CPU, the operator library installed), else "torch"."""
+    from .nn import kernels
+
+    return "fused" if hasattr(model, "use_kernel") and device == "cpu" and kernels.available() else "torch"
+
+
 def export(
     checkpoint: str,
     output: str,
@@ -202,12 +209,11 @@ def export(
     exchange: bool = True,
 ) -> str:
     """Writes the artifact to `output` (atomically) and returns its path. `kernel`: Allegro's tensor-product
-    implementation: "torch" (default; inductor's own kernels in AOTInductor) or "fused", the C++ operator
-    vivace::channelwise_tp (Allegro on a CPU), opt-in until it beats them at every thread count
-    (benchmarks/kernel_speed.py: 0.94-1.08x of their speed at 1 thread, 0.70-0.92x at 2). `exchange`: a
-    NequIP artifact carries the layer programs with which LAMMPS ranks exchange features (models/exchange.py);
-    without them it runs on one rank, or with `pair_style nequip shell`, and a .pt2 compiles in a fraction of
-    the time (4 layers, 32 features: 483 s with them on 2 cores)."""
+    implementation: "fused", the C++ operator vivace::channelwise_tp (the default for Allegro on a CPU), or
+    "torch", PyTorch's (inductor's own kernels in AOTInductor; the default on a GPU and for NequIP).
+    `exchange`: a NequIP artifact carries the layer programs with which LAMMPS ranks exchange features
+    (models/exchange.py); without them it runs on one rank, or with `pair_style nequip shell`, and a .pt2
+    compiles in a fraction of the time (4 layers, 32 features: 483 s with them on 2 cores)."""
     ext = os.path.splitext(output)[1]
     fmt = fmt or FORMATS.get(ext)
     if fmt not in ("aotinductor", "torchscript"):
@@ -223,7 +229,7 @@ def export(
     model = model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
-    kernel = kernel or "torch"
+    kernel = kernel or default_kernel(model, device)
     if kernel != "torch":
         if not hasattr(model, "use_kernel"):
             raise ExportError(f"a {spec['kind']} model has no '{kernel}' kernel (only Allegro's tensor product has)")

@@ -1,0 +1,72 @@
+"""The demo's LAMMPS MD speed with each tensor-product kernel, side by side in one run.
+
+    bash scripts/demo.sh --out /tmp/demo                       # once: trains the demo's model
+    . .venv/bin/activate && python benchmarks/demo_speed.py /tmp/demo [--threads 1 2] [--rounds 3]
+
+The demo's best checkpoint (run/best.ckpt: Allegro, float32, l_max 1, 32/8 features) is exported twice to
+.pt2, with the fused operator (the default on a CPU) and with PyTorch's tensor product (`--kernel torch`), and
+the demo's NVE run (256 Cu atoms, 1200 K start, 1000 steps, 1 MPI rank, `pair_style allegro threads N`) runs
+with each, alternated over --rounds, at each thread count. Reported: LAMMPS's loop time per atom-step (median),
+and the ratio against BASELINE_US, the demo's speed when issue 14 was filed (the demo's printed figure then,
+2 threads, this machine).
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from machine import cpu_name  # noqa: E402
+
+BASELINE_US = 69.7  # us/atom-step, 1 rank x 2 threads: the demo's printed speed when issue 14 was filed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("demo", help="a demo's output folder (bash scripts/demo.sh --out DIR)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "demo_speed.txt"))
+    args = parser.parse_args(argv)
+
+    from vivace.demo import nve_run
+    from vivace.export import export
+
+    checkpoint = os.path.join(args.demo, "run", "best.ckpt")
+    if not os.path.exists(checkpoint):
+        raise SystemExit(f"no {checkpoint}: run the demo first (bash scripts/demo.sh --out {args.demo})")
+    work = os.path.join(args.demo, "speed")
+    os.makedirs(work, exist_ok=True)
+    artifacts = {kernel: export(checkpoint, os.path.join(work, f"{kernel}.pt2"), kernel=kernel)
+                 for kernel in ("fused", "torch")}  # fmt: skip
+
+    times = {(kernel, t): [] for kernel in artifacts for t in args.threads}
+    for _ in range(args.rounds):
+        for t in args.threads:
+            for kernel, artifact in artifacts.items():
+                seconds, nsteps, natoms, _ = nve_run(os.path.join(work, f"{kernel}_{t}"), artifact, args.steps,
+                                                     nprocs=1, threads=t)  # fmt: skip
+                times[kernel, t].append(seconds / nsteps / natoms * 1e6)
+
+    lines = [f"# python benchmarks/demo_speed.py DEMO --threads {' '.join(map(str, args.threads))} --rounds "
+             f"{args.rounds}   ({time.strftime('%Y-%m-%d')}, {cpu_name()})",
+             "# the demo's NVE MD (256 atoms, 1 rank), us/atom-step, median of the rounds; baseline "
+             f"{BASELINE_US} us/atom-step: the demo at 2 threads when issue 14 was filed",
+             f"{'threads':>7} {'fused':>9} {'torch':>9} {'torch/fused':>12} {'baseline/fused':>15}"]  # fmt: skip
+    for t in args.threads:
+        fused, torch_ = (statistics.median(times[k, t]) for k in ("fused", "torch"))
+        lines.append(f"{t:>7} {fused:>9.1f} {torch_:>9.1f} {torch_ / fused:>11.2f}x {BASELINE_US / fused:>14.2f}x")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
