@@ -47,9 +47,26 @@ def test_values_and_gradients_equal_the_reference(dtype, seed):
     assert torch.all(results[0][2][-2:] == 0)  # nodes without edges get no gradient
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels", [3, 4, 8, 12, 16, 20, 24, 32, 40, 64, 72, 128, 136])
+def test_every_channel_blocking(dtype, channels):
+    """The kernel takes channels in blocks of four 64-byte vectors, of two, of one, a 32-byte vector, then one
+    by one: counts that hit each way (and their mixtures) for floats (16 per 64 bytes) and doubles (8)."""
+    x, y, center, coef, table, dim_out = problem(8, dtype, num_edges=23, num_nodes=6, channels=channels, entries=50)
+    grad = torch.randn(x.shape[0], dim_out, channels, dtype=dtype)
+    results = []
+    for op in (kernels.channelwise_tp, kernels.channelwise_tp_reference):
+        inputs = [t.clone().requires_grad_(True) for t in (x, y, coef)]
+        out = op(inputs[0], inputs[1], center, inputs[2], table, dim_out)
+        results.append([out, *torch.autograd.grad(out, inputs, grad)])
+    for fused, reference in zip(*results):
+        torch.testing.assert_close(fused, reference, **TOLERANCE[dtype])
+
+
 def test_the_same_on_two_threads_as_on_one():
-    """A problem large enough to be split among threads (edges in blocks of 64 forward, centers in blocks of 16
-    backward), centers unsorted: the fused operator's values and gradients equal the reference's on 2 threads."""
+    """A problem large enough to be split among threads (centers in blocks of 4 or more), centers unsorted, 24
+    channels (a vector of floats or doubles and a remainder): the fused operator's values and gradients equal
+    the reference's on 2 threads and on 1."""
     x, y, center, coef, table, dim_out = problem(4, torch.float64, num_edges=3000, num_nodes=200, channels=24,
                                                  dims=(9, 9, 9), entries=60)  # fmt: skip
     grad = torch.randn(x.shape[0], dim_out, x.shape[2], dtype=torch.float64)
@@ -103,6 +120,10 @@ def test_bad_inputs_are_refused_by_name():
         kernels.channelwise_tp(x.float(), y, center, coef, table, dim_out)
     with pytest.raises(RuntimeError, match="channel counts differ"):
         kernels.channelwise_tp(x, y[:, :, :2], center, coef, table, dim_out)
+    outside = table.clone()
+    outside[1, 3] = x.shape[1]
+    with pytest.raises(RuntimeError, match=r"entry 3 \(.*\) is outside"):
+        kernels.channelwise_tp(x, y, center, coef, outside, dim_out)
 
 
 def test_traced_graph_calls_the_operator_and_its_backward():

@@ -4,9 +4,11 @@
 //     out[e, k, c] = sum_q coef[q, c] x[e, m_q, c] y[center[e], n_q, c]      q over the entries (k_q, m_q, n_q),
 //
 // and its backward. x (E, dim_x, C), y (N, dim_y, C), coef (Q, C), all contiguous with channels innermost, so
-// every inner loop runs along C and vectorises. The edges are visited center by center, centers split among
-// torch's threads (at::parallel_for): each center's factor coef[q] y[i, n_q] is formed once for all its edges,
-// and the gradient of y is accumulated per center, so no two threads write the same row.
+// every inner loop runs along C in 64-byte vectors. The edges are visited center by center, centers split
+// among torch's threads (at::parallel_for). Entries sharing (k, m) are merged into pairs, and each center's
+// weight per pair, w[p] = sum of coef[q] y[i, n_q] over the pair's entries, is formed once for all its edges:
+// per edge, out[e, k] = sum over k's pairs of w[p] x[e, m_p], with the accumulators in registers. The
+// gradient of y is accumulated per center, so no two threads write the same row.
 //
 // Registered operators (schema in TORCH_LIBRARY below): the forward, its backward, and an Autograd kernel
 // tying them together (first derivatives: inference and forces; training's double backward uses the PyTorch
@@ -19,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <numeric>
 #include <utility>
 #include <vector>
@@ -55,6 +58,13 @@ void check_inputs(const at::Tensor& x, const at::Tensor& y, const at::Tensor& ce
   TORCH_CHECK(dim_out >= 0, "channelwise_tp: dim_out must be non-negative");
 }
 
+void check_entries(Entries q, int64_t dim_out, int64_t dim_x, int64_t dim_y) {
+  for (int64_t p = 0; p < q.count; ++p)
+    TORCH_CHECK(q.k[p] >= 0 && q.k[p] < dim_out && q.m[p] >= 0 && q.m[p] < dim_x && q.n[p] >= 0 && q.n[p] < dim_y,
+                "channelwise_tp: entry ", p, " (", q.k[p], ", ", q.m[p], ", ", q.n[p], ") is outside (", dim_out,
+                ", ", dim_x, ", ", dim_y, ")");
+}
+
 void check_centers(const int64_t* center, int64_t num_edges, int64_t num_nodes) {
   if (num_edges == 0) return;
   const auto [lo, hi] = std::minmax_element(center, center + num_edges);
@@ -83,109 +93,208 @@ CenterOrder center_order(const int64_t* center, int64_t num_edges, int64_t num_n
   return order;
 }
 
-// The entries grouped by one of their indices (a counting sort): entries order[start[r]..start[r+1]) have index r.
-struct Grouped {
-  std::vector<int64_t> order;
-  std::vector<int64_t> start;
+// Lists of (a, b) row offsets, one list per output row: output row r is sum over its list of a-row * b-row.
+struct RowLists {
+  std::vector<int64_t> start;  // (rows + 1)
+  std::vector<int64_t> a, b;   // row offsets in elements
 };
 
-Grouped group_by(const int64_t* index, int64_t count, int64_t rows) {
-  Grouped g;
-  g.start.assign(rows + 1, 0);
-  for (int64_t p = 0; p < count; ++p) ++g.start[index[p] + 1];
-  std::partial_sum(g.start.begin(), g.start.end(), g.start.begin());
-  g.order.resize(count);
-  std::vector<int64_t> next(g.start.begin(), g.start.end() - 1);
-  for (int64_t p = 0; p < count; ++p) g.order[next[index[p]]++] = p;
-  return g;
-}
-
-// One 64-byte block of channels: 16 floats or 8 doubles, an accumulator the compiler keeps in registers.
-template <typename T>
-constexpr int64_t kBlock = 64 / sizeof(T);
-
-// acc[j] = sum over the group's entries p of a_p[j] b_p[j], for the channels [c0, c0 + width) of one row; a and
-// b are the rows of the two factors, picked by the entry.
-template <typename T, typename RowsOf>
-inline void contract_row(const int64_t* order, int64_t begin, int64_t end, int64_t c0, int64_t width,
-                         RowsOf rows_of, T* acc) {
-  for (int64_t j = 0; j < kBlock<T>; ++j) acc[j] = T(0);
-  for (int64_t s = begin; s < end; ++s) {
-    const auto [a, b] = rows_of(order[s]);
-    const T* __restrict__ aa = a + c0;
-    const T* __restrict__ bb = b + c0;
-    if (width == kBlock<T>) {
-#pragma omp simd
-      for (int64_t j = 0; j < kBlock<T>; ++j) acc[j] += aa[j] * bb[j];
-    } else {
-      for (int64_t j = 0; j < width; ++j) acc[j] += aa[j] * bb[j];
-    }
+// row[s] is the output row of item s; a[s] and b[s] the rows of its two factors.
+RowLists row_lists(int64_t rows, int64_t count, const int64_t* row, const int64_t* a, const int64_t* b, int64_t C) {
+  RowLists l;
+  l.start.assign(rows + 1, 0);
+  for (int64_t s = 0; s < count; ++s) ++l.start[row[s] + 1];
+  std::partial_sum(l.start.begin(), l.start.end(), l.start.begin());
+  l.a.resize(count);
+  l.b.resize(count);
+  std::vector<int64_t> next(l.start.begin(), l.start.end() - 1);
+  for (int64_t s = 0; s < count; ++s) {
+    const int64_t at = next[row[s]]++;
+    l.a[at] = a[s] * C;
+    l.b[at] = b[s] * C;
   }
+  return l;
 }
 
-// Every row r of an output: the sum over the entries with index r, block by block of channels, each stored
-// with store(r, c0, width, sum).
-template <typename T, typename RowsOf, typename Store>
-inline void contract_rows(const Grouped& g, int64_t rows, int64_t C, RowsOf rows_of, Store store) {
-  alignas(64) T acc[kBlock<T>];
-  for (int64_t c0 = 0; c0 < C; c0 += kBlock<T>) {
-    const int64_t width = std::min(kBlock<T>, C - c0);
-    for (int64_t r = 0; r < rows; ++r) {
-      contract_row(g.order.data(), g.start[r], g.start[r + 1], c0, width, rows_of, acc);
-      store(r, c0, width, acc);
-    }
-  }
-}
+// The contraction's plan: its entries merged by (k, m) into pairs, since for one center the weighted factor
+//   w[p] = sum over the entries q of pair p of coef[q] y[i, n_q]
+// is shared by all of its edges; the per-edge products then run over pairs, not entries.
+struct Plan {
+  int64_t pairs;
+  std::vector<int64_t> pair_k, pair_m, entry_pair;
+  RowLists weights;      // w[p] = sum coef[q] * y[n_q]          (rows: pairs)
+  RowLists out_rows;     // out[e, k] = sum w[p] * x[e, m_p]     (rows: dim_out)
+  RowLists grad_x_rows;  // grad_x[e, m] = sum w[p] * g[e, k_p]  (rows: dim_x)
+  RowLists grad_y_rows;  // grad_y[i, n] = sum coef[q] * gw[pair q]   (rows: dim_y)
+};
 
-// wy[p] = coef[p] y_i[n_p]: each entry's weighted factor of center i, shared by all of i's edges, so that
-// the per-edge work is one product of two rows per entry.
-template <typename T>
-void weighted_center_rows(const T* coef, const T* yi, Entries q, int64_t C, T* wy) {
+Plan plan_of(Entries q, int64_t dim_out, int64_t dim_x, int64_t dim_y, int64_t C) {
+  Plan plan;
+  std::vector<int64_t> pair_index(dim_out * dim_x, -1);
+  plan.entry_pair.resize(q.count);
   for (int64_t p = 0; p < q.count; ++p) {
-    const T* __restrict__ w = coef + p * C;
-    const T* __restrict__ v = yi + q.n[p] * C;
-    T* __restrict__ out = wy + p * C;
-#pragma omp simd
-    for (int64_t c = 0; c < C; ++c) out[c] = w[c] * v[c];
+    int64_t& pair = pair_index[q.k[p] * dim_x + q.m[p]];
+    if (pair < 0) {
+      pair = static_cast<int64_t>(plan.pair_k.size());
+      plan.pair_k.push_back(q.k[p]);
+      plan.pair_m.push_back(q.m[p]);
+    }
+    plan.entry_pair[p] = pair;
+  }
+  plan.pairs = static_cast<int64_t>(plan.pair_k.size());
+  std::vector<int64_t> entry(q.count), pair(plan.pairs);
+  std::iota(entry.begin(), entry.end(), int64_t{0});
+  std::iota(pair.begin(), pair.end(), int64_t{0});
+  plan.weights = row_lists(plan.pairs, q.count, plan.entry_pair.data(), entry.data(), q.n, C);
+  plan.out_rows = row_lists(dim_out, plan.pairs, plan.pair_k.data(), pair.data(), plan.pair_m.data(), C);
+  plan.grad_x_rows = row_lists(dim_x, plan.pairs, plan.pair_m.data(), pair.data(), plan.pair_k.data(), C);
+  plan.grad_y_rows = row_lists(dim_y, q.count, q.n, entry.data(), plan.entry_pair.data(), C);
+  return plan;
+}
+
+// A vector of channels of Bytes bytes (64: 16 floats or 8 doubles; 32 for narrow models) in the compiler's
+// vector extension: lowered to whatever vector instructions the target has, and kept in registers.
+template <typename T, int Bytes>
+struct VectorOf {
+  typedef T type __attribute__((vector_size(Bytes)));
+};
+template <typename T, int Bytes = 64>
+using Vec = typename VectorOf<T, Bytes>::type;
+template <typename T, int Bytes = 64>
+constexpr int64_t kLanes = Bytes / sizeof(T);
+
+template <typename T, int Bytes = 64>
+inline Vec<T, Bytes> load(const T* p) {
+  Vec<T, Bytes> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T, int Bytes>
+inline void store(T* p, const Vec<T, Bytes>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// out[r, c0 : c0 + V vectors] = sum over row r's list of a[a_s + c] * b[b_s + c], for every row r; the V
+// accumulators stay in registers across the list.
+template <typename T, int V, int Bytes = 64>
+inline void contract_block(const RowLists& l, const T* a, const T* b, T* out, int64_t rows, int64_t C) {
+  constexpr int64_t L = kLanes<T, Bytes>;
+  for (int64_t r = 0; r < rows; ++r) {
+    Vec<T, Bytes> acc[V] = {};
+    for (int64_t s = l.start[r]; s < l.start[r + 1]; ++s) {
+      const T* as = a + l.a[s];
+      const T* bs = b + l.b[s];
+      for (int v = 0; v < V; ++v) acc[v] += load<T, Bytes>(as + v * L) * load<T, Bytes>(bs + v * L);
+    }
+    for (int v = 0; v < V; ++v) store<T, Bytes>(out + r * C + v * L, acc[v]);
   }
 }
 
-// out[e, k] = sum_{q: k_q = k} wy[q] x[e, m_q], center by center.
+// The channels' tail, narrower than a vector.
 template <typename T>
-void forward_kernel(const T* x, const T* y, const int64_t* center, const T* coef, Entries q, T* out,
+inline void contract_tail(const RowLists& l, const T* a, const T* b, T* out, int64_t rows, int64_t C, int64_t width) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < width; ++c) {
+      T acc = T(0);
+      for (int64_t s = l.start[r]; s < l.start[r + 1]; ++s) acc += a[l.a[s] + c] * b[l.b[s] + c];
+      out[r * C + c] = acc;
+    }
+}
+
+// Blocks of four 64-byte vectors of channels, then of two, of one, a 32-byte vector, and the rest one by one.
+template <typename T>
+inline void contract(const RowLists& l, const T* a, const T* b, T* out, int64_t rows, int64_t C) {
+  constexpr int64_t L = kLanes<T>, H = kLanes<T, 32>;
+  int64_t c0 = 0;
+  for (; c0 + 4 * L <= C; c0 += 4 * L) contract_block<T, 4>(l, a + c0, b + c0, out + c0, rows, C);
+  if (c0 + 2 * L <= C) {
+    contract_block<T, 2>(l, a + c0, b + c0, out + c0, rows, C);
+    c0 += 2 * L;
+  }
+  if (c0 + L <= C) {
+    contract_block<T, 1>(l, a + c0, b + c0, out + c0, rows, C);
+    c0 += L;
+  }
+  if (c0 + H <= C) {
+    contract_block<T, 1, 32>(l, a + c0, b + c0, out + c0, rows, C);
+    c0 += H;
+  }
+  if (c0 < C) contract_tail<T>(l, a + c0, b + c0, out + c0, rows, C, C - c0);
+}
+
+// out[c] += a[c] * b[c] for the C channels of one row.
+template <typename T>
+inline void add_product(T* out, const T* a, const T* b, int64_t C) {
+  constexpr int64_t L = kLanes<T>, H = kLanes<T, 32>;
+  int64_t c = 0;
+  for (; c + L <= C; c += L) store<T, 64>(out + c, load<T>(out + c) + load<T>(a + c) * load<T>(b + c));
+  if (c + H <= C) {
+    store<T, 32>(out + c, load<T, 32>(out + c) + load<T, 32>(a + c) * load<T, 32>(b + c));
+    c += H;
+  }
+  for (; c < C; ++c) out[c] += a[c] * b[c];
+}
+
+// gw[p] += sum over the edges j of g_j[k_p] * x_j[m_p], for all pairs p: a few edges' share of gw, each
+// vector of gw read and written once for all of them.
+template <typename T>
+inline void accumulate_pairs(const Plan& plan, const T* const* g, const T* const* x, int edges, T* gw, int64_t C) {
+  constexpr int64_t L = kLanes<T>, H = kLanes<T, 32>;
+  int64_t c0 = 0;
+  for (; c0 + L <= C; c0 += L)
+    for (int64_t p = 0; p < plan.pairs; ++p) {
+      const int64_t k = plan.pair_k[p] * C + c0, m = plan.pair_m[p] * C + c0;
+      Vec<T> acc = load<T>(gw + p * C + c0);
+      for (int j = 0; j < edges; ++j) acc += load<T>(g[j] + k) * load<T>(x[j] + m);
+      store<T, 64>(gw + p * C + c0, acc);
+    }
+  if (c0 + H <= C) {
+    for (int64_t p = 0; p < plan.pairs; ++p) {
+      const int64_t k = plan.pair_k[p] * C + c0, m = plan.pair_m[p] * C + c0;
+      Vec<T, 32> acc = load<T, 32>(gw + p * C + c0);
+      for (int j = 0; j < edges; ++j) acc += load<T, 32>(g[j] + k) * load<T, 32>(x[j] + m);
+      store<T, 32>(gw + p * C + c0, acc);
+    }
+    c0 += H;
+  }
+  for (; c0 < C; ++c0)
+    for (int64_t p = 0; p < plan.pairs; ++p)
+      for (int j = 0; j < edges; ++j) gw[p * C + c0] += g[j][plan.pair_k[p] * C + c0] * x[j][plan.pair_m[p] * C + c0];
+}
+
+// out[e, k] = sum_{p: k_p = k} w[p] x[e, m_p], center by center.
+template <typename T>
+void forward_kernel(const T* x, const T* y, const int64_t* center, const T* coef, const Plan& plan, T* out,
                     int64_t num_edges, int64_t num_nodes, int64_t dim_x, int64_t dim_y, int64_t dim_out, int64_t C) {
   const CenterOrder order = center_order(center, num_edges, num_nodes);
-  const Grouped by_k = group_by(q.k, q.count, dim_out);
   at::parallel_for(0, num_nodes, 4, [&](int64_t begin, int64_t end) {
-    std::vector<T> wy(q.count * C);
+    std::vector<T> w(plan.pairs * C);
     for (int64_t i = begin; i < end; ++i) {
       if (order.start[i] == order.start[i + 1]) continue;
-      weighted_center_rows(coef, y + i * dim_y * C, q, C, wy.data());
+      contract(plan.weights, coef, y + i * dim_y * C, w.data(), plan.pairs, C);
       for (int64_t s = order.start[i]; s < order.start[i + 1]; ++s) {
         const int64_t e = order.edges[s];
-        const T* xe = x + e * dim_x * C;
-        T* oe = out + e * dim_out * C;
-        contract_rows<T>(
-            by_k, dim_out, C, [&](int64_t p) { return std::make_pair(wy.data() + p * C, xe + q.m[p] * C); },
-            [&](int64_t k, int64_t c0, int64_t width, const T* sum) { std::copy(sum, sum + width, oe + k * C + c0); });
+        contract(plan.out_rows, w.data(), x + e * dim_x * C, out + e * dim_out * C, dim_out, C);
       }
     }
   });
 }
 
 // Center by center (no two threads write one row of grad_y):
-//   grad_x[e, m] = sum_{q: m_q = m} wy[q] g[e, k_q],    gwy[q] = sum over i's edges of g[e, k_q] x[e, m_q],
-//   grad_y[i, n] = sum_{q: n_q = n} coef[q] gwy[q],   and when asked grad_coef[q] += gwy[q] y[i, n_q].
+//   grad_x[e, m] = sum_{p: m_p = m} w[p] g[e, k_p],    gw[p] = sum over i's edges of g[e, k_p] x[e, m_p],
+//   grad_y[i, n] = sum_{q: n_q = n} coef[q] gw[pair q],   and when asked grad_coef[q] += gw[pair q] y[i, n_q].
+constexpr int kEdgeBlock = 4;
+
 template <typename T>
 void backward_kernel(const T* g, const T* x, const T* y, const int64_t* center, const T* coef, Entries q,
-                     T* grad_x, T* grad_y, T* grad_coef, int64_t num_edges, int64_t num_nodes, int64_t dim_x,
-                     int64_t dim_y, int64_t dim_out, int64_t C) {
+                     const Plan& plan, T* grad_x, T* grad_y, T* grad_coef, int64_t num_edges, int64_t num_nodes,
+                     int64_t dim_x, int64_t dim_y, int64_t dim_out, int64_t C) {
   const CenterOrder order = center_order(center, num_edges, num_nodes);
-  const Grouped by_m = group_by(q.m, q.count, dim_x), by_n = group_by(q.n, q.count, dim_y);
   const int threads = at::get_num_threads();
   std::vector<std::vector<T>> coef_sums(grad_coef ? threads : 0, std::vector<T>(q.count * C, T(0)));
   at::parallel_for(0, num_nodes, 4, [&](int64_t begin, int64_t end) {
-    std::vector<T> wy(q.count * C), gwy(q.count * C);
+    std::vector<T> w(plan.pairs * C), gw(plan.pairs * C);
     T* coef_sum = grad_coef ? coef_sums[at::get_thread_num()].data() : nullptr;
     for (int64_t i = begin; i < end; ++i) {
       const T* yi = y + i * dim_y * C;
@@ -194,35 +303,24 @@ void backward_kernel(const T* g, const T* x, const T* y, const int64_t* center, 
         std::fill(gyi, gyi + dim_y * C, T(0));
         continue;
       }
-      weighted_center_rows(coef, yi, q, C, wy.data());
-      std::fill(gwy.begin(), gwy.end(), T(0));
-      for (int64_t s = order.start[i]; s < order.start[i + 1]; ++s) {
-        const int64_t e = order.edges[s];
-        const T* ge = g + e * dim_out * C;
-        const T* xe = x + e * dim_x * C;
-        T* gxe = grad_x + e * dim_x * C;
-        contract_rows<T>(
-            by_m, dim_x, C, [&](int64_t p) { return std::make_pair(wy.data() + p * C, ge + q.k[p] * C); },
-            [&](int64_t m, int64_t c0, int64_t width, const T* sum) { std::copy(sum, sum + width, gxe + m * C + c0); });
-        for (int64_t p = 0; p < q.count; ++p) {
-          const T* __restrict__ gk = ge + q.k[p] * C;
-          const T* __restrict__ xm = xe + q.m[p] * C;
-          T* __restrict__ acc = gwy.data() + p * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) acc[c] += gk[c] * xm[c];
+      contract(plan.weights, coef, yi, w.data(), plan.pairs, C);
+      std::fill(gw.begin(), gw.end(), T(0));
+      for (int64_t s0 = order.start[i]; s0 < order.start[i + 1]; s0 += kEdgeBlock) {
+        const int edges = static_cast<int>(std::min<int64_t>(kEdgeBlock, order.start[i + 1] - s0));
+        const T* ge[kEdgeBlock];
+        const T* xe[kEdgeBlock];
+        for (int j = 0; j < edges; ++j) {
+          const int64_t e = order.edges[s0 + j];
+          ge[j] = g + e * dim_out * C;
+          xe[j] = x + e * dim_x * C;
+          contract(plan.grad_x_rows, w.data(), ge[j], grad_x + e * dim_x * C, dim_x, C);
         }
+        accumulate_pairs(plan, ge, xe, edges, gw.data(), C);
       }
-      contract_rows<T>(
-          by_n, dim_y, C, [&](int64_t p) { return std::make_pair(coef + p * C, gwy.data() + p * C); },
-          [&](int64_t n, int64_t c0, int64_t width, const T* sum) { std::copy(sum, sum + width, gyi + n * C + c0); });
+      contract(plan.grad_y_rows, coef, gw.data(), gyi, dim_y, C);
       if (coef_sum) {
-        for (int64_t p = 0; p < q.count; ++p) {
-          const T* __restrict__ a = gwy.data() + p * C;
-          const T* __restrict__ b = yi + q.n[p] * C;
-          T* __restrict__ gw = coef_sum + p * C;
-#pragma omp simd
-          for (int64_t c = 0; c < C; ++c) gw[c] += a[c] * b[c];
-        }
+        for (int64_t p = 0; p < q.count; ++p)
+          add_product(coef_sum + p * C, gw.data() + plan.entry_pair[p] * C, yi + q.n[p] * C, C);
       }
     }
   });
@@ -242,10 +340,13 @@ at::Tensor channelwise_tp_cpu(const at::Tensor& x_in, const at::Tensor& y_in, co
   at::Tensor out = at::empty({E, dim_out, C}, x.options());
   if (E == 0 || C == 0) return out.zero_();
   check_centers(center.data_ptr<int64_t>(), E, y.size(0));
+  const Entries q = entries_of(entries);
+  check_entries(q, dim_out, x.size(1), y.size(1));
+  const Plan plan = plan_of(q, dim_out, x.size(1), y.size(1), C);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channelwise_tp", [&] {
     forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), center.data_ptr<int64_t>(),
-                             coef.data_ptr<scalar_t>(), entries_of(entries), out.data_ptr<scalar_t>(), E,
-                             y.size(0), x.size(1), y.size(1), dim_out, C);
+                             coef.data_ptr<scalar_t>(), plan, out.data_ptr<scalar_t>(), E, y.size(0), x.size(1),
+                             y.size(1), dim_out, C);
   });
   return out;
 }
@@ -263,9 +364,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channelwise_tp_backward_cpu(
   const int64_t E = x.size(0), N = y.size(0), C = x.size(2);
   if (E == 0 || C == 0) return {grad_x.zero_(), grad_y.zero_(), grad_coef};
   check_centers(center.data_ptr<int64_t>(), E, N);
+  const Entries q = entries_of(entries);
+  check_entries(q, dim_out, x.size(1), y.size(1));
+  const Plan plan = plan_of(q, dim_out, x.size(1), y.size(1), C);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channelwise_tp_backward", [&] {
     backward_kernel<scalar_t>(g.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                              center.data_ptr<int64_t>(), coef.data_ptr<scalar_t>(), entries_of(entries),
+                              center.data_ptr<int64_t>(), coef.data_ptr<scalar_t>(), q, plan,
                               grad_x.data_ptr<scalar_t>(), grad_y.data_ptr<scalar_t>(),
                               coef_grad ? grad_coef.data_ptr<scalar_t>() : nullptr, E, N, x.size(1), y.size(1),
                               dim_out, C);

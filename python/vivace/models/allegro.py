@@ -32,16 +32,19 @@ class IrrepWeights(nn.Module):
     """Per-edge, per-channel weights for each irrep of `irreps`, made from the scalar latents and spread
     over the irreps' components: (E, num_scalar) -> (E, irreps.dim, channels)."""
 
+    execution: str
+
     def __init__(self, num_scalar: int, irreps: o3.Irreps, channels: int):
         super().__init__()
         self.linear = Linear(num_scalar, len(irreps) * channels)
         self.dims: List[int] = [ir.dim for _, ir in irreps]
         self.register_buffer("components", component_index(self.dims), persistent=False)
         self.channels = channels
+        self.execution = "eager"
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         w = self.linear(latents).view(latents.shape[0], len(self.dims), self.channels)
-        return spread_over_components(w, self.components)
+        return spread_over_components(w, self.components, self.dims if self.execution == "export" else None)
 
 
 class AllegroLayer(nn.Module):

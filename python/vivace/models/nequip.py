@@ -59,6 +59,8 @@ class Convolution(nn.Module):
     Export and TorchScript take it through `SparseContraction`; eager runs `messages_by_groups`.
     """
 
+    execution: str
+
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_wanted: o3.Irreps, radial: List[int]):
         super().__init__()
         channels = irreps_in[0].mul
@@ -87,6 +89,7 @@ class Convolution(nn.Module):
         self.register_buffer("cg", cg.unsqueeze(-1), persistent=False)
         self.channels = channels
         self.radial = MLP(radial + [len(irreps_mid) * channels])
+        self.execution = "eager"
 
         # the eager layout: paths sorted by output dimension, with one dense kernel per dimension
         dense = self.contraction.dense_kernel(self.cg, self.contraction.node_index, dim_sh)[0].view(dim_sh, offset, dim_x)
@@ -120,7 +123,8 @@ class Convolution(nn.Module):
         x = gather(x, edge_index[1])  # (E, dim_x, C)
         mid = self.contraction(x, sh.unsqueeze(-1), self.cg)
         w = self.radial(radial_basis).view(num_edges, len(self.mid_dims), self.channels)
-        return scatter_sum(mid * spread_over_components(w, self.components), edge_index[0], num_nodes)
+        dims = self.mid_dims if self.execution == "export" else None
+        return scatter_sum(mid * spread_over_components(w, self.components, dims), edge_index[0], num_nodes)
 
     @torch.jit.unused
     def messages_by_groups(self, x, sh, radial_basis, edge_index, num_nodes: int, groups: List[CenterGroup]):
