@@ -146,8 +146,19 @@ struct Model::Impl {
   int device_index = -1;
   std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> programs;  // loaded on first use
 
-  std::vector<torch::Tensor> run(std::vector<torch::Tensor> inputs) {
-    if (aoti) return aoti->run(inputs);
+  // Copies of the AOTInductor model for groups run side by side (runner k > 0 uses copies[k - 1]); TorchScript
+  // modules run concurrently as they are.
+  std::vector<std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> copies;
+
+  void ensure_runners(int count) {
+    if (!aoti) return;
+    while (static_cast<int>(copies.size()) + 1 < count)
+      copies.push_back(std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+          path, "model", false, 1, static_cast<c10::DeviceIndex>(device_index)));
+  }
+
+  std::vector<torch::Tensor> run(std::vector<torch::Tensor> inputs, int runner = 0) {
+    if (aoti) return runner == 0 ? aoti->run(inputs) : copies.at(runner - 1)->run(inputs);
     std::vector<torch::jit::IValue> args(inputs.begin(), inputs.end());
     auto out = script.forward(args).toTuple();
     return {out->elements().at(0).toTensor(), out->elements().at(1).toTensor()};
@@ -175,6 +186,9 @@ namespace {
 
 // Above this many edges, a graph of local nodes only runs through the layer programs in groups.
 constexpr int64_t kWholeProgramEdges = int64_t(1) << 17;
+
+// The smallest group a strictly local model's graph is split into so that threads run groups side by side.
+constexpr int64_t kSideBySideEdges = 512;
 
 // Atom types of a host graph inside [0, T).
 void check_types(const Graph& g, int T) {
@@ -301,7 +315,7 @@ void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces)
       throw Error("atom type index " + std::to_string(low < 0 ? low : high) + " is outside the model's " +
                   std::to_string(T) + " types");
     impl_->last_model_seconds = 0.0;
-    run_graph(g, atomic_energy, edge_forces);
+    impl_->last_model_seconds = run_graph(g, atomic_energy, edge_forces);
     return;
   }
   std::fill(atomic_energy, atomic_energy + g.num_nodes, 0.0);
@@ -312,7 +326,8 @@ void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces)
   check_types(g, T);
 
   impl_->last_model_seconds = 0.0;
-  if (impl_->metadata.strictly_local() && edges_per_group_ > 0 && g.num_edges > edges_per_group_) {
+  const bool side_by_side = at::get_num_threads() > 1 && g.num_edges >= 2 * kSideBySideEdges;
+  if (impl_->metadata.strictly_local() && edges_per_group_ > 0 && (g.num_edges > edges_per_group_ || side_by_side)) {
     evaluate_by_center_groups(g, atomic_energy, edge_forces);
   } else if (g.num_nodes == g.num_local && g.num_edges > kWholeProgramEdges && edges_per_group_ > 0 &&
              impl_->metadata.exchange_layers > 0) {
@@ -321,11 +336,11 @@ void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces)
     NoExchange none;
     run_layers(g, none, atomic_energy, edge_forces);
   } else {
-    run_graph(g, atomic_energy, edge_forces);
+    impl_->last_model_seconds = run_graph(g, atomic_energy, edge_forces);
   }
 }
 
-void Model::run_graph(const Graph& g, double* atomic_energy, double* edge_forces) {
+double Model::run_graph(const Graph& g, double* atomic_energy, double* edge_forces, int runner) {
   // A graph without edges is padded with one self-edge beyond every cutoff: it contributes exactly zero,
   // and the model still returns each node's isolated-atom energy.
   const int64_t E = std::max<int64_t>(g.num_edges, 1);
@@ -346,6 +361,7 @@ void Model::run_graph(const Graph& g, double* atomic_energy, double* edge_forces
   auto n_local = torch::tensor(g.num_local, i64.device(torch::kCPU));
 
   std::vector<torch::Tensor> out;
+  double seconds = 0.0;
   try {
     const auto& dev = impl_->device;
     // the model's device is the current one while it runs, whatever device the calling thread had chosen
@@ -353,9 +369,9 @@ void Model::run_graph(const Graph& g, double* atomic_energy, double* edge_forces
     if (dev.is_cuda()) guard.reset_device(dev);
     std::vector<torch::Tensor> inputs{vectors.to(dev), index.to(dev), types.to(dev), n_local.to(dev)};
     const auto start = std::chrono::steady_clock::now();
-    out = impl_->run(std::move(inputs));
+    out = impl_->run(std::move(inputs), runner);
     if (dev.is_cuda()) torch::cuda::synchronize(dev.index());
-    impl_->last_model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   } catch (const c10::Error& e) {
     throw Error(std::string("model evaluation failed: ") + e.what_without_backtrace());
   } catch (const std::exception& e) {  // AOTInductor's runner throws std::runtime_error
@@ -374,6 +390,7 @@ void Model::run_graph(const Graph& g, double* atomic_energy, double* edge_forces
     if (g.num_edges > 0) torch::from_blob(edge_forces, {g.num_edges, 3}, f64).copy_(out[1].reshape({g.num_edges, 3}));
     torch::cuda::synchronize(static_cast<int64_t>(g.memory_device));
   }
+  return seconds;
 }
 
 // A strictly local model: the energy of center i depends on i's own edges, and on each neighbor only
@@ -411,41 +428,66 @@ void Model::evaluate_by_center_groups(const Graph& g, double* atomic_energy, dou
   const auto& isolated = isolated_energies();
   for (int64_t i = 0; i < g.num_nodes; ++i) atomic_energy[i] = isolated[g.atom_types[i]];
 
-  std::vector<int64_t> group_center, group_neighbor, group_types;
-  std::vector<double> group_energy, group_forces;
+  // with several threads, groups small enough that each thread has one (but not below kSideBySideEdges)
+  const int64_t threads = at::get_num_threads();
+  const int64_t share = std::max(kSideBySideEdges, (E + threads - 1) / threads);
+  const int64_t size = threads > 1 ? std::min(edges_per_group_, share) : edges_per_group_;
+  std::vector<std::pair<int64_t, int64_t>> groups;  // edge ranges of whole centers
   for (int64_t e0 = 0; e0 < E;) {
-    int64_t e1 = std::min(e0 + edges_per_group_, E);
+    int64_t e1 = std::min(e0 + size, E);
     while (e1 < E && center[e1] == center[e1 - 1]) ++e1;
-    const int64_t n0 = center[e0], n1 = center[e1 - 1] + 1, k = n1 - n0;
-
-    group_types.assign(g.atom_types + n0, g.atom_types + n1);
-    for (int t = 0; t < T; ++t) group_types.push_back(t);
-    group_center.resize(e1 - e0);
-    group_neighbor.resize(e1 - e0);
-    for (int64_t e = e0; e < e1; ++e) {
-      group_center[e - e0] = center[e] - n0;
-      const int64_t j = neighbor[e];
-      group_neighbor[e - e0] = (j >= n0 && j < n1) ? j - n0 : k + g.atom_types[j];
-    }
-    Graph group;
-    group.edge_vectors = vectors + 3 * e0;
-    group.edge_center = group_center.data();
-    group.edge_neighbor = group_neighbor.data();
-    group.atom_types = group_types.data();
-    group.num_nodes = k + T;
-    group.num_edges = e1 - e0;
-    group.num_local = std::clamp<int64_t>(g.num_local - n0, 0, k);
-    group_energy.resize(group.num_nodes);
-    group_forces.resize(3 * group.num_edges);
-    run_graph(group, group_energy.data(), group_forces.data());  // adds its model time
-
-    std::copy_n(group_energy.data(), k, atomic_energy + n0);
-    if (order.empty())
-      std::copy_n(group_forces.data(), 3 * group.num_edges, edge_forces + 3 * e0);
-    else
-      for (int64_t e = e0; e < e1; ++e) std::copy_n(&group_forces[3 * (e - e0)], 3, edge_forces + 3 * order[e]);
+    groups.emplace_back(e0, e1);
     e0 = e1;
   }
+
+  // Groups run side by side, one per thread, each on one thread: the nested parallel regions of the model's
+  // kernels are inactive inside this one. On two cores this is about twice as fast as each group's
+  // kernels split between the threads (benchmarks/results/model_speed.txt).
+  const int workers = static_cast<int>(std::min<int64_t>(at::get_num_threads(), groups.size()));
+  impl_->ensure_runners(workers);
+  std::vector<double> seconds(std::max(workers, 1), 0.0);
+  auto run_groups = [&](int64_t first, int64_t last, int runner) {
+    std::vector<int64_t> group_center, group_neighbor, group_types;
+    std::vector<double> group_energy, group_forces;
+    for (int64_t k = first; k < last; ++k) {
+      const auto [e0, e1] = groups[k];
+      const int64_t n0 = center[e0], n1 = center[e1 - 1] + 1, count = n1 - n0;
+      group_types.assign(g.atom_types + n0, g.atom_types + n1);
+      for (int t = 0; t < T; ++t) group_types.push_back(t);
+      group_center.resize(e1 - e0);
+      group_neighbor.resize(e1 - e0);
+      for (int64_t e = e0; e < e1; ++e) {
+        group_center[e - e0] = center[e] - n0;
+        const int64_t j = neighbor[e];
+        group_neighbor[e - e0] = (j >= n0 && j < n1) ? j - n0 : count + g.atom_types[j];
+      }
+      Graph group;
+      group.edge_vectors = vectors + 3 * e0;
+      group.edge_center = group_center.data();
+      group.edge_neighbor = group_neighbor.data();
+      group.atom_types = group_types.data();
+      group.num_nodes = count + T;
+      group.num_edges = e1 - e0;
+      group.num_local = std::clamp<int64_t>(g.num_local - n0, 0, count);
+      group_energy.resize(group.num_nodes);
+      group_forces.resize(3 * group.num_edges);
+      seconds[runner] += run_graph(group, group_energy.data(), group_forces.data(), runner);
+
+      std::copy_n(group_energy.data(), count, atomic_energy + n0);
+      if (order.empty())
+        std::copy_n(group_forces.data(), 3 * group.num_edges, edge_forces + 3 * e0);
+      else
+        for (int64_t e = e0; e < e1; ++e) std::copy_n(&group_forces[3 * (e - e0)], 3, edge_forces + 3 * order[e]);
+    }
+  };
+  const int64_t count = static_cast<int64_t>(groups.size());
+  if (workers <= 1) {
+    run_groups(0, count, 0);
+  } else {
+    at::parallel_for(0, count, 1, [&](int64_t first, int64_t last) { run_groups(first, last, at::get_thread_num()); });
+  }
+  // the model's time: the busiest runner's (they run at once)
+  impl_->last_model_seconds = *std::max_element(seconds.begin(), seconds.end());
 }
 
 namespace {

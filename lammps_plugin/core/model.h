@@ -102,7 +102,8 @@ class Model {
   static Metadata read_metadata(const std::string& path);
 
  private:
-  void run_graph(const Graph& graph, double* atomic_energy, double* edge_forces);
+  // one run of the model artifact (by `runner`, a copy of its own for groups run side by side); its seconds
+  double run_graph(const Graph& graph, double* atomic_energy, double* edge_forces, int runner = 0);
   void evaluate_by_center_groups(const Graph& graph, double* atomic_energy, double* edge_forces);
   void run_layers(const Graph& graph, FeatureExchange& exchange, double* atomic_energy, double* edge_forces);
   const std::vector<double>& isolated_energies();
