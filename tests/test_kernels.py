@@ -26,6 +26,21 @@ def problem(seed, dtype, num_edges=37, num_nodes=9, dims=(9, 4, 9), channels=5, 
     return x, y, center, coef, table, dim_out
 
 
+def fused_against_reference(x, y, center, coef, table, dim_out):
+    """The fused operator's output and gradients (x, y, coef) for a random output gradient, checked against
+    the reference's; returns the fused ones."""
+    grad = torch.randn(x.shape[0], dim_out, x.shape[2], dtype=x.dtype)
+    results = []
+    for op in (kernels.channelwise_tp, kernels.channelwise_tp_reference):
+        inputs = [t.clone().requires_grad_(True) for t in (x, y, coef)]
+        out = op(inputs[0], inputs[1], center, inputs[2], table, dim_out)
+        results.append([out, *torch.autograd.grad(out, inputs, grad)])
+    for fused, reference in zip(*results):
+        assert fused.dtype == x.dtype
+        torch.testing.assert_close(fused, reference, **TOLERANCE[x.dtype])
+    return results[0]
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_values_and_gradients_equal_the_reference(dtype, seed):
@@ -33,18 +48,9 @@ def test_values_and_gradients_equal_the_reference(dtype, seed):
     shape = dict(num_edges=int(rng.integers(1, 80)), num_nodes=int(rng.integers(3, 20)), channels=int(rng.integers(1, 40)),
                  dims=tuple(int(d) for d in rng.integers(1, 17, 3)), entries=int(rng.integers(1, 120)),
                  sorted_centers=bool(seed % 2))  # fmt: skip
-    x, y, center, coef, table, dim_out = problem(seed, dtype, **shape)
-    grad = torch.randn(x.shape[0], dim_out, x.shape[2], dtype=dtype)
-    results = []
-    for op in (kernels.channelwise_tp, kernels.channelwise_tp_reference):
-        inputs = [t.clone().requires_grad_(True) for t in (x, y, coef)]
-        out = op(inputs[0], inputs[1], center, inputs[2], table, dim_out)
-        results.append([out, *torch.autograd.grad(out, inputs, grad)])
-    for fused, reference in zip(*results):
-        assert fused.dtype == dtype
-        torch.testing.assert_close(fused, reference, **TOLERANCE[dtype])
-    assert results[0][0].abs().max() > 0.1  # not a trivially zero problem
-    assert torch.all(results[0][2][-2:] == 0)  # nodes without edges get no gradient
+    fused = fused_against_reference(*problem(seed, dtype, **shape))
+    assert fused[0].abs().max() > 0.1  # not a trivially zero problem
+    assert torch.all(fused[2][-2:] == 0)  # nodes without edges get no gradient
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -52,15 +58,7 @@ def test_values_and_gradients_equal_the_reference(dtype, seed):
 def test_every_channel_blocking(dtype, channels):
     """The kernel takes channels in blocks of four 64-byte vectors, of two, of one, a 32-byte vector, then one
     by one: counts that hit each way (and their mixtures) for floats (16 per 64 bytes) and doubles (8)."""
-    x, y, center, coef, table, dim_out = problem(8, dtype, num_edges=23, num_nodes=6, channels=channels, entries=50)
-    grad = torch.randn(x.shape[0], dim_out, channels, dtype=dtype)
-    results = []
-    for op in (kernels.channelwise_tp, kernels.channelwise_tp_reference):
-        inputs = [t.clone().requires_grad_(True) for t in (x, y, coef)]
-        out = op(inputs[0], inputs[1], center, inputs[2], table, dim_out)
-        results.append([out, *torch.autograd.grad(out, inputs, grad)])
-    for fused, reference in zip(*results):
-        torch.testing.assert_close(fused, reference, **TOLERANCE[dtype])
+    fused_against_reference(*problem(8, dtype, num_edges=23, num_nodes=6, channels=channels, entries=50))
 
 
 def test_the_same_on_two_threads_as_on_one():
