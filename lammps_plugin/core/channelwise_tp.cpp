@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
-#include <utility>
 #include <vector>
 
 namespace vivace {
@@ -236,26 +235,27 @@ inline void add_product(T* out, const T* a, const T* b, int64_t C) {
   for (; c < C; ++c) out[c] += a[c] * b[c];
 }
 
+// gw[p, c0 : c0 + one vector] += sum over the edges j of g_j[k_p] * x_j[m_p], for all pairs p.
+template <typename T, int Bytes>
+inline void accumulate_block(const Plan& plan, const T* const* g, const T* const* x, int edges, T* gw, int64_t C,
+                             int64_t c0) {
+  for (int64_t p = 0; p < plan.pairs; ++p) {
+    const int64_t k = plan.pair_k[p] * C + c0, m = plan.pair_m[p] * C + c0;
+    Vec<T, Bytes> acc = load<T, Bytes>(gw + p * C + c0);
+    for (int j = 0; j < edges; ++j) acc += load<T, Bytes>(g[j] + k) * load<T, Bytes>(x[j] + m);
+    store<T, Bytes>(gw + p * C + c0, acc);
+  }
+}
+
 // gw[p] += sum over the edges j of g_j[k_p] * x_j[m_p], for all pairs p: a few edges' share of gw, each
 // vector of gw read and written once for all of them.
 template <typename T>
 inline void accumulate_pairs(const Plan& plan, const T* const* g, const T* const* x, int edges, T* gw, int64_t C) {
   constexpr int64_t L = kLanes<T>, H = kLanes<T, 32>;
   int64_t c0 = 0;
-  for (; c0 + L <= C; c0 += L)
-    for (int64_t p = 0; p < plan.pairs; ++p) {
-      const int64_t k = plan.pair_k[p] * C + c0, m = plan.pair_m[p] * C + c0;
-      Vec<T> acc = load<T>(gw + p * C + c0);
-      for (int j = 0; j < edges; ++j) acc += load<T>(g[j] + k) * load<T>(x[j] + m);
-      store<T, 64>(gw + p * C + c0, acc);
-    }
+  for (; c0 + L <= C; c0 += L) accumulate_block<T, 64>(plan, g, x, edges, gw, C, c0);
   if (c0 + H <= C) {
-    for (int64_t p = 0; p < plan.pairs; ++p) {
-      const int64_t k = plan.pair_k[p] * C + c0, m = plan.pair_m[p] * C + c0;
-      Vec<T, 32> acc = load<T, 32>(gw + p * C + c0);
-      for (int j = 0; j < edges; ++j) acc += load<T, 32>(g[j] + k) * load<T, 32>(x[j] + m);
-      store<T, 32>(gw + p * C + c0, acc);
-    }
+    accumulate_block<T, 32>(plan, g, x, edges, gw, C, c0);
     c0 += H;
   }
   for (; c0 < C; ++c0)

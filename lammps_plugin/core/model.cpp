@@ -314,7 +314,6 @@ void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces)
     if (low < 0 || high >= T)
       throw Error("atom type index " + std::to_string(low < 0 ? low : high) + " is outside the model's " +
                   std::to_string(T) + " types");
-    impl_->last_model_seconds = 0.0;
     impl_->last_model_seconds = run_graph(g, atomic_energy, edge_forces);
     return;
   }
@@ -325,7 +324,6 @@ void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces)
 
   check_types(g, T);
 
-  impl_->last_model_seconds = 0.0;
   const bool side_by_side = at::get_num_threads() > 1 && g.num_edges >= 2 * kSideBySideEdges;
   if (impl_->metadata.strictly_local() && edges_per_group_ > 0 && (g.num_edges > edges_per_group_ || side_by_side)) {
     evaluate_by_center_groups(g, atomic_energy, edge_forces);
@@ -443,7 +441,7 @@ void Model::evaluate_by_center_groups(const Graph& g, double* atomic_energy, dou
   // Groups run side by side, one per thread, each on one thread: the nested parallel regions of the model's
   // kernels are inactive inside this one. On two cores this is about twice as fast as each group's
   // kernels split between the threads (benchmarks/results/model_speed.txt).
-  const int workers = static_cast<int>(std::min<int64_t>(at::get_num_threads(), groups.size()));
+  const int workers = static_cast<int>(std::min<int64_t>(threads, groups.size()));
   impl_->ensure_runners(workers);
   std::vector<double> seconds(std::max(workers, 1), 0.0);
   auto run_groups = [&](int64_t first, int64_t last, int runner) {
