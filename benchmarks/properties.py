@@ -6,9 +6,9 @@ this script
    boxes (volumes -6% to +6%, half of them stretched unevenly along the axes, half sheared), of a cell with a vacancy, of (100) and (111) slabs, and of the
    liquid (for the alloy: random alloys across the composition range as well);
 2. trains vivace for --minutes of wall time with the documented training defaults (the README's: loss weights
-   1/1/1, then energy 30 in the final stage, Adam 0.005, batch 4, plateau schedule, EMA 0.99) and a small
-   Allegro (float64, 32 scalar and 8 tensor features as the demo's; l_max 1 for the EAM metals, whose
-   energy has no angular terms, and 2 for Si: with l_max 1 Stillinger-Weber's bond-angle term is out of reach,
+   1/1/1, then energy 30 in the final stage, Adam 0.005, batch 4, plateau schedule, EMA 0.99, float32
+   arithmetic) and a small Allegro (exported in float64; 32 scalar and 8 tensor features as the demo's; l_max 1
+   for the EAM metals, whose energy has no angular terms, and 2 for Si: with l_max 1 Stillinger-Weber's bond-angle term is out of reach,
    Si forces stall near 150 meV/A against 75 with l_max 2 in the same 8 minutes; `--model default` takes the
    documented model defaults, l_max 2 and 64/16 features, which a budget of minutes on 2 cores trains for
    only ~10 epochs), and exports the best model to .pt2. r_max is 5 A for all three, below the Al-Cu EAM's reach
@@ -204,14 +204,14 @@ def train_model(s: System, workdir: str, minutes: float, threads: int, model: di
 
 
 def train_upstream_model(s: System, workdir: str, minutes: float, threads: int, model: str,
-                         isolated: Optional[Dict[str, float]] = None) -> tuple:
+                         isolated: Optional[Dict[str, float]] = None, dtype: str = "float32") -> tuple:
     """Upstream Allegro on the same train/val split and budget, with its documented energy/force/stress loss
     (coefficients 1:1:1, per-atom energy; benchmarks/upstream_training.py maps every other setting), compiled
     with AOTInductor for its pair style. Returns (artifact path, training summary)."""
     from upstream_training import compile_upstream, train_upstream
 
     train, val = os.path.join(workdir, "train.xyz"), os.path.join(workdir, "val.xyz")
-    hyper = {**UPSTREAM_MODELS[model], "stress_coeff": 1.0}
+    hyper = {**UPSTREAM_MODELS[model], "stress_coeff": 1.0, "model_dtype": dtype}
     if model == "small":
         hyper["l_max"] = s.l_max
     if isolated is not None:
@@ -324,6 +324,9 @@ def main(argv=None) -> int:
     parser.add_argument("--energy-reference", choices=("isolated", "fit"), default="isolated",
                         help="isolated: both codes get the reference's isolated-atom energies (vivace's "
                              "isolated_atom_energies, upstream's per_type_energy_shifts); fit: least-squares shifts")
+    parser.add_argument("--upstream-dtype", choices=("float32", "float64"), default="float32",
+                        help="upstream's model_dtype, in which it both trains and runs (it has no way to train in "
+                             "one and export in the other): float32 gives it the epochs vivace's float32 training gets")
     parser.add_argument("--workdir", default="/tmp/vivace_properties")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "properties.txt"))
     args = parser.parse_args(argv)
@@ -346,7 +349,7 @@ def main(argv=None) -> int:
         t1 = time.monotonic()
         with ThreadPoolExecutor(1) as pool:  # upstream trains in its own process, beside vivace
             upstream = plugin and pool.submit(train_upstream_model, s, workdir, args.minutes, args.threads, args.model,
-                                              isolated)  # fmt: skip
+                                              isolated, args.upstream_dtype)  # fmt: skip
             model = dict(MODELS[args.model], l_max=s.l_max) if args.model == "small" else MODELS[args.model]
             artifact = train_model(s, workdir, args.minutes, args.threads, model, isolated)
             t2 = time.monotonic()
@@ -384,9 +387,9 @@ def report(args, plugin, rows, notes) -> str:
     """The results file's text: the command, the setup, the table, a line per system."""
     size = "a small Allegro (32/8 features, l_max 1 for Cu and Al, 2 for Si)" if args.model == "small" else "the default Allegro (l_max 2, 64/16)"
     command = (f"python benchmarks/properties.py --systems {' '.join(args.systems)} --minutes {args.minutes:g} "
-               f"--threads {args.threads} --model {args.model} --energy-reference {args.energy_reference}" + (" --upstream-source PATH" if plugin else ""))
+               f"--threads {args.threads} --model {args.model} --energy-reference {args.energy_reference}" + (f" --upstream-source PATH --upstream-dtype {args.upstream_dtype}" if plugin else ""))
     header = (f"# {command}   ({time.strftime('%Y-%m-%d')}, {cpu_name()})\n"
-              f"# vivace: {size}, float64, r_max 5, documented training defaults, trained on energies, forces "
+              f"# vivace: {size}, trained in float32 and exported in float64, r_max 5, documented training defaults, trained on energies, forces "
               "and stresses; error = (model - reference) / reference")  # fmt: skip
     if args.energy_reference == "isolated":
         header += ("\n# energy reference: the reference potential's isolated-atom energies for both codes (vivace: "
@@ -394,7 +397,7 @@ def report(args, plugin, rows, notes) -> str:
     else:
         header += "\n# energy reference: least-squares per-element shifts for both codes (no isolated-atom energies)"
     if plugin:
-        header += ("\n# upstream: nequip 0.19.1 / nequip-allegro 0.8.3, the same network, split and wall-time budget, "
+        header += (f"\n# upstream: nequip 0.19.1 / nequip-allegro 0.8.3, the same network, split and wall-time budget, model_dtype {args.upstream_dtype}, "
                    "trained at the same time as vivace (each on its own core when --threads 1), its documented "
                    "EnergyForceStressLoss 1:1:1, EMA 0.999; measured through its own pair style (pair_nequip_allegro "
                    "built as a plugin, AOTInductor artifact)")  # fmt: skip

@@ -292,3 +292,29 @@ def test_receptive_field(variant):
     assert outside.any(), "test structure too small to reach beyond the receptive field"
     assert torch.all(grad[torch.from_numpy(outside)] == 0)
     assert grad[torch.from_numpy(hops == depth)].abs().max() > 0
+
+
+def test_gate_is_the_same_in_both_executions():
+    """The exported gate (a block per irrep, no index_select) equals the eager one (an index_select), values
+    and gradients, also when scripted; odd scalars go through tanh, so flipping their sign flips the output's."""
+    from e3nn import o3
+
+    from vivace.nn.execution import set_execution
+    from vivace.nn.gate import Gate
+
+    gate = Gate(o3.Irreps("3x0e + 2x0o"), o3.Irreps("2x1o + 3x1e + 2x2e"))
+    x = torch.randn(7, gate.irreps_in.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3), requires_grad=True)
+    weights = torch.randn(7, gate.irreps_out.dim, dtype=torch.float64)
+    results = []
+    for execution in ("eager", "export", "export"):
+        module = set_execution(gate, execution) if len(results) < 2 else torch.jit.script(set_execution(gate, execution))
+        y = module(x)
+        (grad,) = torch.autograd.grad((y * weights).sum(), x)
+        results.append((y.detach(), grad))
+    for y, grad in results[1:]:
+        assert torch.equal(y, results[0][0]) and torch.allclose(grad, results[0][1], rtol=0, atol=1e-15)
+    traced = {e: str(torch.jit.trace(set_execution(gate, e), x.detach()).graph) for e in ("eager", "export")}
+    assert "index_select" in traced["eager"] and "index_select" not in traced["export"]
+    flipped = x.detach().clone()
+    flipped[:, 3:5] *= -1
+    assert torch.equal(gate(flipped)[:, 3:5], -results[0][0][:, 3:5])

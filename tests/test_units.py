@@ -43,7 +43,8 @@ def test_metal_and_real_models_agree_after_conversion(tmp_path):
     for units in ("metal", "real"):
         run = train({
             "run_dir": str(tmp_path / units), "units": units, "data": {"train": str(tmp_path / "cluster.npz"), "cache_dir": None},
-            "model": MODEL, "training": {"max_epochs": 1, "batch_size": 2, "threads": 1, "plots": False, "tensorboard": False},
+            "model": MODEL, "training": {"max_epochs": 1, "batch_size": 2, "threads": 1, "plots": False, "tensorboard": False,
+                         "dtype": "float64"},  # float32 training's rounding would leave ~1e-7, not 1e-10
         })  # fmt: skip
         artifacts[units] = export(f"{run}/best.ckpt", str(tmp_path / f"{units}.pth"))
 

@@ -6,7 +6,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from .models import build_model
+from .models import build_model, load_weights
 
 FORMAT = "vivace-checkpoint"
 VERSION = 1
@@ -46,6 +46,6 @@ def model_from_checkpoint(payload: Dict[str, Any]) -> Tuple[torch.nn.Module, Dic
     """The model (weights loaded, eval mode) and its description (kind, hyperparameters, type_names, dtype, units)."""
     spec = payload["model"]
     model = build_model(spec["kind"], spec["hyperparameters"], spec["type_names"], spec["dtype"])
-    model.load_state_dict(payload["state_dict"])
+    load_weights(model, payload["state_dict"])
     model.eval()
     return model, spec

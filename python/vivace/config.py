@@ -23,7 +23,7 @@ DEFAULTS: Dict[str, Any] = {
     },
     "model": {
         "kind": "allegro",
-        "dtype": "float64",
+        "dtype": "float64",  # of the model that is evaluated, checkpointed for evaluation and exported
         "type_names": None,  # default: the elements of the data, by atomic number
         "neighbor_normalization": "global",  # or "per_type": 1/sqrt(avg neighbors of the center's type)
         "isolated_atom_energies": None,  # {element: energy}: the shifts, plus a cohesion baseline fitted to the
@@ -59,6 +59,7 @@ DEFAULTS: Dict[str, Any] = {
         "early_stopping_patience": 50,  # epochs without improvement; null for none
         "monitor": "force_rmse",  # validation metric for best model, plateau and early stopping
         "threads": None,
+        "dtype": "float32",  # of the training arithmetic; the weights then serve a model of model.dtype
         "compile": False,  # torch.compile the model for validation passes
         "init_from": None,  # fine-tuning: start from this checkpoint's model and weights
         "tensorboard": True,
@@ -86,6 +87,7 @@ CHOICES = {
     "units": tuple(STYLES),
     "device": ("auto", "cpu", "cuda"),
     "model.dtype": ("float32", "float64"),
+    "training.dtype": ("float32", "float64"),
     "model.neighbor_normalization": ("global", "per_type"),
     "training.loss": ("mse", "huber"),
     "training.optimizer": ("adam", "adamw"),

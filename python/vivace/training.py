@@ -17,7 +17,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import MODEL_META_KEYS, dump_config, load_config
 from .data import Structure, collate, load_graphs
 from .losses import ErrorSums, Loss, LossDenominators, evaluate_structures, predict
-from .models import EdgeForceModel, build_model
+from .models import EdgeForceModel, build_model, load_weights
 from .models.common import cutoff_matrix
 
 LAST, BEST = "last.ckpt", "best.ckpt"
@@ -86,9 +86,10 @@ class Trainer:
             raise ValueError(
                 f"the checkpoint's model is in units '{self.spec['units']}' but the config says units '{config['units']}'"
             )
-        self.model = build_model(self.spec["kind"], self.spec["hyperparameters"], self.type_names, self.spec["dtype"])
+        # trained in tcfg["dtype"]; the checkpoints' weights serve the spec's dtype (model_from_checkpoint)
+        self.model = build_model(self.spec["kind"], self.spec["hyperparameters"], self.type_names, tcfg["dtype"])
         if init is not None:
-            self.model.load_state_dict(init["state_dict"])
+            load_weights(self.model, init["state_dict"])
         self.model.to(self.device)
 
         self.ema = None
@@ -173,11 +174,19 @@ class Trainer:
         else:
             self.scheduler = None
 
+    def _weights(self) -> torch.nn.Module:
+        """The weights that are validated and checkpointed: the average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _make_eval_model(self) -> torch.nn.Module:
-        model = self.ema.module if self.ema is not None else self.model
-        if self.tcfg["compile"]:
-            model = torch.compile(model)
-        return EdgeForceModel(model)
+        """Validation judges the model the checkpoints serve: the weights in model.dtype (a copy, refreshed before
+        each pass, when training runs in another dtype)."""
+        self.served = self._weights()
+        if self.tcfg["dtype"] != self.spec["dtype"]:
+            spec = self.spec
+            self.served = build_model(spec["kind"], spec["hyperparameters"], self.type_names, spec["dtype"]).to(self.device)
+            self.served.eval()
+        return EdgeForceModel(torch.compile(self.served) if self.tcfg["compile"] else self.served)
 
     # -- state -----------------------------------------------------------------------------------------
     def _state(self) -> Dict[str, Any]:
@@ -200,9 +209,9 @@ class Trainer:
         }
 
     def _restore(self, state: Dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"])
         if self.ema is not None and state["ema"] is not None:
-            self.ema.load_state_dict(state["ema"])
+            load_weights(self.ema, state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.warmup is not None and state["warmup"] is not None:
             self.warmup.load_state_dict(state["warmup"])
@@ -219,7 +228,7 @@ class Trainer:
     def _save(self, metrics: Dict[str, float], best: bool) -> None:
         if self.rank != 0:
             return
-        weights = (self.ema.module if self.ema is not None else self.model).state_dict()
+        weights = self._weights().state_dict()
         broken = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if broken:  # unreachable while non-finite steps are skipped; a checkpoint must never carry them
             raise RuntimeError(f"refusing to write a checkpoint with non-finite weights ({', '.join(broken[:3])})")
@@ -310,6 +319,8 @@ class Trainer:
 
     def _validate(self) -> Dict[str, float]:
         subset = self.val_set if self.val_set else self.train_set
+        if self.served is not self._weights():
+            load_weights(self.served, self._weights().state_dict())
         sums = evaluate_structures(self.eval_model, subset[self.rank :: self.world], device=self.device, units=self.spec["units"])
         sums.sums = distributed.sum_tensor(sums.sums)
         return sums.metrics()

@@ -41,6 +41,14 @@ def build_model(kind: str, hyperparameters: Dict[str, Any], type_names: List[str
         torch.set_default_dtype(previous)
 
 
+def load_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
+    """Trained weights into a model of either dtype (float32 training serves float64 models). Buffers are
+    constants of the hyperparameters, built with the model: one stored in another dtype keeps the model's own
+    value rather than a rounded copy."""
+    own = dict(model.named_buffers())
+    model.load_state_dict({k: own[k] if k in own and v.dtype != own[k].dtype else v for k, v in state_dict.items()})
+
+
 __all__ = [
     "Allegro",
     "NequIP",
@@ -48,6 +56,7 @@ __all__ = [
     "atom_forces",
     "edge_virials",
     "build_model",
+    "load_weights",
     "hyperparameter_defaults",
     "MODEL_KINDS",
     "DTYPES",

@@ -6,6 +6,7 @@ rescaled to unit second moment for unit-normal input.
 """
 
 import math
+from typing import List
 
 import numpy as np
 import torch
@@ -26,8 +27,11 @@ TANH_NORM = second_moment_norm(torch.tanh)
 
 
 class Gate(nn.Module):
+    execution: str
+
     def __init__(self, irreps_scalars: o3.Irreps, irreps_gated: o3.Irreps):
         super().__init__()
+        self.execution = "eager"
         assert all(ir.l == 0 for _, ir in irreps_scalars) and all(ir.l > 0 for _, ir in irreps_gated)
         num_gates = irreps_gated.num_irreps
         self.irreps_in = irreps_scalars + o3.Irreps(f"{num_gates}x0e") + irreps_gated
@@ -40,6 +44,7 @@ class Gate(nn.Module):
                 gate_of_component += [gate] * ir.dim
                 gate += 1
         self.register_buffer("gate_index", torch.tensor(gate_of_component, dtype=torch.long), persistent=False)
+        self.gated_blocks = [(mul, ir.dim) for mul, ir in irreps_gated]
         self.num_scalars = irreps_scalars.dim
         self.num_gates = num_gates
         self.silu_norm = SILU_NORM
@@ -51,5 +56,18 @@ class Gate(nn.Module):
         if self.num_gates == 0:
             return s
         gates = torch.nn.functional.silu(x[:, self.num_scalars : self.num_scalars + self.num_gates]) * self.silu_norm
-        gated = x[:, self.num_scalars + self.num_gates :] * gates.index_select(1, self.gate_index)
+        gated = x[:, self.num_scalars + self.num_gates :] * self.per_component(gates)
         return torch.cat([s, gated], dim=1)
+
+    def per_component(self, gates: torch.Tensor) -> torch.Tensor:
+        """Each gate repeated over its irrep's components. Exported models expand a block per irrep: the
+        gradient of the index_select (an index_add) compiles into atomic adds."""
+        if self.execution != "export":
+            return gates.index_select(1, self.gate_index)
+        blocks: List[torch.Tensor] = []
+        first = 0
+        for mul, dim in self.gated_blocks:
+            block = gates[:, first : first + mul].unsqueeze(-1).expand(gates.shape[0], mul, dim)
+            blocks.append(block.reshape(gates.shape[0], mul * dim))
+            first += mul
+        return torch.cat(blocks, 1)
