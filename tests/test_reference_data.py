@@ -23,8 +23,15 @@ def test_sampled_states_cover_volumes_shears_and_uneven_stretches():
 
 def test_sheared_frames_have_the_potentials_energy_forces_and_stress(tmp_path):
     frames = nvt_frames(str(tmp_path / "md"), SYSTEM, ["Cu"], 600, 3, 2, 20, equilibrate=50,
-                        deform=deformation_commands((0.015, -0.01, 0.02), (0.02, -0.03, 0.01)))
-    atoms = frames[-1]
+                        deform=deformation_commands((0.015, -0.01, 0.02), (0.02, -0.03, 0.01)), at_rest=True)
+    assert len(frames) == 3
+    # at rest: the strained perfect lattice, where every atom's forces cancel and the stress is the static one
+    rest, atoms = frames[0], frames[-1]
+    np.testing.assert_allclose(rest.cell.array, atoms.cell.array, rtol=1e-12)
+    assert np.abs(rest.get_forces()).max() < 1e-10 < np.abs(atoms.get_forces()).max()
+    still = single_point(rest, EAM, ["Cu"], str(tmp_path / "rest"))
+    assert still.energy == pytest.approx(rest.get_potential_energy(), rel=1e-12)
+    assert still.energy < atoms.get_potential_energy()
     assert abs(atoms.cell.angles() - 90).max() > 0.5  # really triclinic
     np.testing.assert_allclose(np.diag(atoms.cell.array), 3 * 3.615 * np.array([1.015, 0.99, 1.02]), rtol=1e-12)
     point = single_point(atoms, EAM, ["Cu"], str(tmp_path / "sp"))

@@ -176,10 +176,13 @@ def sampled_states(count: int, t_range: Tuple[float, float], max_strain: float =
 
 
 def nvt_frames(workdir: str, system: str, elements: Sequence[str], temperature: float, seed: int,
-               frames: int, every: int, equilibrate: int = 400, deform: str = "") -> list:
+               frames: int, every: int, equilibrate: int = 400, deform: str = "", at_rest: bool = False) -> list:
     """Labelled frames (energy, forces, stress) from Nose-Hoover MD of a classical potential: `system` sets up
     the box, atoms and pair style, `deform` (see deformation_commands) strains the box; the run equilibrates,
-    then dumps `frames` snapshots `every` 2 fs steps."""
+    then dumps `frames` snapshots `every` 2 fs steps. `at_rest`: the strained box's atoms where `system` put
+    them come first, the 0 K state that MD never visits (a perfect lattice's elastic response)."""
+    columns = "id type x y z fx fy fz c_pe c_sa[1] c_sa[2] c_sa[3] c_sa[4] c_sa[5] c_sa[6]"
+    rest = f"dump r all custom 1 rest.dump {columns}\ndump_modify r format float %.17g sort id\nrun 0\nundump r" if at_rest else ""
     script = f"""units metal
 atom_style atomic
 atom_modify map array
@@ -187,16 +190,18 @@ atom_modify map array
 {deform}
 compute pe all pe/atom
 compute sa all stress/atom NULL virial
+{rest}
 velocity all create {2 * temperature} {seed} mom yes rot yes dist gaussian
 fix nvt all nvt temp {temperature} {temperature} 0.1
 timestep 0.002
 run {equilibrate}
-dump d all custom {every} frames.dump id type x y z fx fy fz c_pe c_sa[1] c_sa[2] c_sa[3] c_sa[4] c_sa[5] c_sa[6]
+dump d all custom {every} frames.dump {columns}
 dump_modify d format float %.17g sort id
 run {frames * every - 1}
 """
     run_lammps(script, workdir)
-    return read_labelled_frames(os.path.join(workdir, "frames.dump"), elements)
+    found = read_labelled_frames(os.path.join(workdir, "frames.dump"), elements)
+    return (read_labelled_frames(os.path.join(workdir, "rest.dump"), elements) if at_rest else []) + found
 
 
 def read_labelled_frames(path: str, elements: Sequence[str]) -> list:
