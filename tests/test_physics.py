@@ -315,6 +315,8 @@ def test_gate_is_the_same_in_both_executions():
         assert torch.equal(y, results[0][0]) and torch.allclose(grad, results[0][1], rtol=0, atol=1e-15)
     traced = {e: str(torch.jit.trace(set_execution(gate, e), x.detach()).graph) for e in ("eager", "export")}
     assert "index_select" in traced["eager"] and "index_select" not in traced["export"]
+    scalars_only = torch.jit.script(set_execution(Gate(o3.Irreps("4x0e"), o3.Irreps("")), "export"))  # a last layer
+    assert scalars_only(x.detach()[:, :4]).shape == (7, 4)
     flipped = x.detach().clone()
     flipped[:, 3:5] *= -1
     assert torch.equal(gate(flipped)[:, 3:5], -results[0][0][:, 3:5])

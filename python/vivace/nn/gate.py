@@ -6,7 +6,7 @@ rescaled to unit second moment for unit-normal input.
 """
 
 import math
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ TANH_NORM = second_moment_norm(torch.tanh)
 
 class Gate(nn.Module):
     execution: str
+    gated_blocks: List[Tuple[int, int]]  # (multiplicity, dimension) of each gated irrep; empty without gates
 
     def __init__(self, irreps_scalars: o3.Irreps, irreps_gated: o3.Irreps):
         super().__init__()
