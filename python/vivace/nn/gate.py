@@ -6,12 +6,14 @@ rescaled to unit second moment for unit-normal input.
 """
 
 import math
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 import torch
 from e3nn import o3
 from torch import nn
+
+from .tensor_product import component_index, spread_over_components
 
 
 def second_moment_norm(f) -> float:
@@ -28,7 +30,7 @@ TANH_NORM = second_moment_norm(torch.tanh)
 
 class Gate(nn.Module):
     execution: str
-    gated_blocks: List[Tuple[int, int]]  # (multiplicity, dimension) of each gated irrep; empty without gates
+    gate_dims: List[int]  # the dimension of each gate's irrep; empty without gates
 
     def __init__(self, irreps_scalars: o3.Irreps, irreps_gated: o3.Irreps):
         super().__init__()
@@ -39,13 +41,8 @@ class Gate(nn.Module):
         self.irreps_out = irreps_scalars + irreps_gated
         odd = torch.cat([torch.full((mul,), ir.p == -1) for mul, ir in irreps_scalars]) if len(irreps_scalars) else None
         self.register_buffer("odd", odd if odd is not None else torch.zeros(0, dtype=torch.bool), persistent=False)
-        gate_of_component, gate = [], 0
-        for mul, ir in irreps_gated:
-            for _ in range(mul):
-                gate_of_component += [gate] * ir.dim
-                gate += 1
-        self.register_buffer("gate_index", torch.tensor(gate_of_component, dtype=torch.long), persistent=False)
-        self.gated_blocks = [(mul, ir.dim) for mul, ir in irreps_gated]
+        self.gate_dims = [ir.dim for mul, ir in irreps_gated for _ in range(mul)]
+        self.register_buffer("gate_index", component_index(self.gate_dims), persistent=False)
         self.num_scalars = irreps_scalars.dim
         self.num_gates = num_gates
         self.silu_norm = SILU_NORM
@@ -57,18 +54,7 @@ class Gate(nn.Module):
         if self.num_gates == 0:
             return s
         gates = torch.nn.functional.silu(x[:, self.num_scalars : self.num_scalars + self.num_gates]) * self.silu_norm
-        gated = x[:, self.num_scalars + self.num_gates :] * self.per_component(gates)
+        dims = self.gate_dims if self.execution == "export" else None  # exported: no index_add in the gradient
+        per_component = spread_over_components(gates.unsqueeze(-1), self.gate_index, dims)
+        gated = x[:, self.num_scalars + self.num_gates :] * per_component.squeeze(-1)
         return torch.cat([s, gated], dim=1)
-
-    def per_component(self, gates: torch.Tensor) -> torch.Tensor:
-        """Each gate repeated over its irrep's components. Exported models expand a block per irrep: the
-        gradient of the index_select (an index_add) compiles into atomic adds."""
-        if self.execution != "export":
-            return gates.index_select(1, self.gate_index)
-        blocks: List[torch.Tensor] = []
-        first = 0
-        for mul, dim in self.gated_blocks:
-            block = gates[:, first : first + mul].unsqueeze(-1).expand(gates.shape[0], mul, dim)
-            blocks.append(block.reshape(gates.shape[0], mul * dim))
-            first += mul
-        return torch.cat(blocks, 1)

@@ -46,7 +46,16 @@ def spread_over_components(w: torch.Tensor, index: torch.Tensor, dims: Optional[
     if dims is None:
         return w.index_select(1, index)
     rows, channels = w.shape[0], w.shape[2]
-    return torch.cat([w[:, i : i + 1].expand(rows, d, channels) for i, d in enumerate(dims)], 1)
+    blocks: List[torch.Tensor] = []
+    first = 0
+    while first < len(dims):  # one expanded block per run of irreps of equal dimension
+        last = first + 1
+        while last < len(dims) and dims[last] == dims[first]:
+            last += 1
+        run = w[:, first:last].unsqueeze(2).expand(rows, last - first, dims[first], channels)
+        blocks.append(run.reshape(rows, (last - first) * dims[first], channels))
+        first = last
+    return torch.cat(blocks, 1)
 
 
 def scalar_components(irreps: o3.Irreps) -> List[int]:
