@@ -71,7 +71,8 @@ def test_programs_reproduce_the_model(artifact, cell_kind):
     assert_close(forces.detach().numpy(), ref_forces, "edge forces", 1e-12)
 
 
-@pytest.mark.parametrize("fmt", ["pth", "pt2"])
+# pt2 compiles the layer programs (120-165 s on 2 cores): run on demand, with -m slow
+@pytest.mark.parametrize("fmt", ["pth", pytest.param("pt2", marks=pytest.mark.slow)])
 def test_core_exchanging_matches_the_model(artifact, fmt):
     from vivace import _core
 
