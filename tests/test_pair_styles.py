@@ -4,7 +4,8 @@ Energy, per-atom energies, forces, the virial and the per-atom virials (compute 
 centroid/stress/atom) must agree with the eager Python model to 1e-10 relative in float64 (1e-4 in float32),
 on orthogonal and triclinic periodic boxes, with 1, 2 and 3 MPI ranks, for both models and both formats.
 NequIP across ranks exchanges node features between layers (4 ranks as well), or, with `pair_style nequip
-shell` (2 ranks here), holds every atom within its message-passing depth.
+shell` (2 ranks here), holds every atom within its message-passing depth. The .pt2 NequIP with the exchange
+programs runs with -m slow; by default its .pt2 runs without them (1 rank, and 2 with shell).
 """
 
 import re
@@ -68,30 +69,37 @@ def reference(artifact):
     return get
 
 
-CASES = [("allegro", "pt2"), ("allegro", "pth"), ("nequip", "pt2"), ("nequip", "pth")]
+# (kind, format, with NequIP's layer programs for exchanging features between ranks). A NequIP .pt2 with
+# them compiles in about 200 s on 2 cores: run on demand (-m slow); the default suite has it without them.
+SLOW = pytest.mark.slow
+CASES = [("allegro", "pt2", True), ("allegro", "pth", True), pytest.param("nequip", "pt2", True, marks=SLOW),
+         ("nequip", "pt2", False), ("nequip", "pth", True)]  # fmt: skip
 
 
-@pytest.mark.parametrize("kind,fmt", CASES)
+@pytest.mark.parametrize("kind,fmt,exchange", CASES)
 @pytest.mark.parametrize("cell_kind", ["orthogonal", "triclinic"])
-def test_core_matches_eager(artifact, reference, kind, fmt, cell_kind):
-    core = python_results(alloy(cell_kind), artifact(kind, "float64", fmt))
+def test_core_matches_eager(artifact, reference, kind, fmt, exchange, cell_kind):
+    core = python_results(alloy(cell_kind), artifact(kind, "float64", fmt, exchange))
     ref = reference(kind, cell_kind)
     for key in ("energy", "energies", "forces", "stress", "virials"):
         assert_close(core[key], ref[key], f"{kind} {fmt} core vs eager {key}")
 
 
 RANKS = [1, 2, 3]
-LAMMPS_CASES = [(kind, fmt, "", n) for kind, fmt in CASES for n in RANKS] + [
-    ("nequip", "pth", "", 4),  # subdomains 3.7 A wide under a 4 A cutoff: features relayed through ghosts
-    ("nequip", "pth", " shell", 2),
-]
+LAMMPS_CASES = [(kind, fmt, True, "", n) for kind, fmt in [("allegro", "pt2"), ("allegro", "pth"), ("nequip", "pth")]
+                for n in RANKS] + [pytest.param("nequip", "pt2", True, "", n, marks=SLOW) for n in RANKS] + [
+    ("nequip", "pth", True, "", 4),  # subdomains 3.7 A wide under a 4 A cutoff: features relayed through ghosts
+    ("nequip", "pth", True, " shell", 2),
+    ("nequip", "pt2", False, "", 1),
+    ("nequip", "pt2", False, " shell", 2),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize("kind,fmt,options,nprocs", LAMMPS_CASES)
+@pytest.mark.parametrize("kind,fmt,exchange,options,nprocs", LAMMPS_CASES)
 @pytest.mark.parametrize("cell_kind", ["orthogonal", "triclinic"])
-def test_lammps_matches_python(artifact, reference, tmp_path, kind, fmt, options, cell_kind, nprocs):
+def test_lammps_matches_python(artifact, reference, tmp_path, kind, fmt, exchange, options, cell_kind, nprocs):
     ref = reference(kind, cell_kind)
-    lmp = single_point(alloy(cell_kind), pair_lines(kind, artifact(kind, "float64", fmt), options=options),
+    lmp = single_point(alloy(cell_kind), pair_lines(kind, artifact(kind, "float64", fmt, exchange), options=options),
                        TYPE_NAMES, str(tmp_path), nprocs=nprocs)  # fmt: skip
     grid = re.search(r"(\d+) by (\d+) by (\d+) MPI processor grid", lmp.output)
     assert int(grid[1]) * int(grid[2]) * int(grid[3]) == nprocs
