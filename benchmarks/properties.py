@@ -397,7 +397,7 @@ def report(args, plugin, rows, notes) -> str:
               "and stresses; error = (model - reference) / reference")  # fmt: skip
     if args.energy_reference == "isolated":
         header += ("\n# energy reference: the reference potential's isolated-atom energies for both codes (vivace: "
-                   "isolated_atom_energies, with its cohesion baseline fitted to the rest; upstream: per_type_energy_shifts)")
+                   "isolated_atom_energies, with its square-root cohesion baseline fitted to the rest; upstream: per_type_energy_shifts)")
     else:
         header += "\n# energy reference: least-squares per-element shifts for both codes (no isolated-atom energies)"
     if plugin:

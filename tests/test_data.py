@@ -242,8 +242,15 @@ def test_shared_rmd17_and_deepmd_water():
     assert 30 < structures[0].edge_index.shape[1] / 192 < 60
 
 
-def test_cohesion_baseline_recovers_a_coordination_energy(frames):
-    """Energies made as E0 per atom plus c[Z] x (2 - x), x = rho / rho0 (the data's mean coordination): the fit
+PROFILES = {  # g(x) of the cohesion baseline c g(x), written out here independently of the model's code
+    "sqrt": lambda x: (np.sqrt(x + 0.01) - 0.1) / (np.sqrt(1.01) - 0.1),
+    "quadratic": lambda x: x * (2 - x),
+}
+
+
+@pytest.mark.parametrize("form", sorted(PROFILES))
+def test_cohesion_baseline_recovers_a_coordination_energy(frames, form):
+    """Energies made as E0 per atom plus c[Z] g(x), x = rho / rho0 (the data's mean coordination): the fit
     gives c back, and a model with that baseline and no network output reproduces the energies."""
     import torch
 
@@ -261,11 +268,11 @@ def test_cohesion_baseline_recovers_a_coordination_energy(frames):
     e0, c = np.array([-0.5, -1.5]), np.array([-2.0, -3.5])
     for s, r in zip(structures, rho):
         x = r / rho0[s.atom_types]
-        s.energy = float(e0[s.atom_types].sum() + (c[s.atom_types] * x * (2 - x)).sum())
-    fitted, mean_rho = statistics.cohesion_baseline(structures, 2, e0, cutoffs, 6)
+        s.energy = float(e0[s.atom_types].sum() + (c[s.atom_types] * PROFILES[form](x)).sum())
+    fitted, mean_rho = statistics.cohesion_baseline(structures, 2, e0, cutoffs, 6, form)
     assert np.allclose(mean_rho, rho0, rtol=1e-12) and np.allclose(fitted, c, atol=1e-9)
 
-    hyper = dict(HYPER, energy_shift=list(e0), cohesion=fitted, mean_coordination=mean_rho)
+    hyper = dict(HYPER, energy_shift=list(e0), cohesion=fitted, mean_coordination=mean_rho, cohesion_form=form)
     model = build_model("allegro", hyper, TYPE_NAMES, "float64")
     with torch.no_grad():
         for p in model.readout.parameters():
@@ -274,31 +281,124 @@ def test_cohesion_baseline_recovers_a_coordination_energy(frames):
     assert np.allclose(predicted.detach().numpy(), [s.energy for s in structures], rtol=0, atol=1e-9)
 
 
-def test_cohesion_baseline_is_stress_free_at_the_mean_coordination(tmp_path):
-    """A perfect crystal whose atoms all sit at rho0: the baseline adds its cohesion c per atom and neither
-    force nor stress; an isolated atom gets its shift."""
+def baseline_only_checkpoint(path, form, rho0, c=-3.0, shift=0.25):
+    """A one-element (Cu) Allegro whose network outputs nothing: its energy is the shift plus the baseline."""
     import torch
-    from ase.build import bulk
 
-    from vivace.calculators import VivaceCalculator
     from vivace.checkpoint import save_checkpoint
 
-    crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
-    structure = structures_from_frames([crystal], ["Cu"], R_MAX)[0]
-    rho0 = float(statistics.coordinations(structure, np.full((1, 1), R_MAX), 6).mean())
-    hyper = dict(HYPER, energy_shift=[0.25], energy_scale=[1.0], cohesion=[-3.0], mean_coordination=[rho0])
+    hyper = dict(HYPER, energy_shift=[shift], energy_scale=[1.0], cohesion=[c], mean_coordination=[rho0],
+                 cohesion_form=form)  # fmt: skip
     model = build_model("allegro", hyper, ["Cu"], "float64")
     with torch.no_grad():
         for p in model.readout.parameters():
             p.zero_()
     spec = {"kind": "allegro", "hyperparameters": hyper, "type_names": ["Cu"], "dtype": "float64", "units": "metal"}
-    path = str(tmp_path / "cohesion.ckpt")
     save_checkpoint(path, {"model": spec, "state_dict": model.state_dict()})
+    return path
+
+
+def fcc_copper(a=3.6):
+    from ase.build import bulk
+
+    crystal = bulk("Cu", "fcc", a=a, cubic=True).repeat(2)
+    rho0 = float(statistics.coordinations(structures_from_frames([crystal], ["Cu"], R_MAX)[0],
+                                          np.full((1, 1), R_MAX), 6).mean())  # fmt: skip
+    return crystal, rho0
+
+
+@pytest.mark.parametrize("form", sorted(PROFILES))
+def test_cohesion_baseline_at_the_mean_coordination(tmp_path, form):
+    """A perfect crystal whose atoms all sit at rho0: the baseline adds its cohesion c per atom and no force;
+    the quadratic form no stress either, the square root the stress of its attraction (the strain derivative
+    of the energy, by finite differences); an isolated atom gets its shift."""
+    from vivace.calculators import VivaceCalculator
+
+    crystal, rho0 = fcc_copper()
+    path = baseline_only_checkpoint(str(tmp_path / f"{form}.ckpt"), form, rho0)
     crystal.calc = VivaceCalculator(path)
     assert crystal.get_potential_energy() == pytest.approx(len(crystal) * (0.25 - 3.0), rel=1e-12)
-    assert np.abs(crystal.get_forces()).max() < 1e-10 and np.abs(crystal.get_stress()).max() < 1e-10
+    assert np.abs(crystal.get_forces()).max() < 1e-10
+    stress = crystal.get_stress(voigt=False)
+    h, cell, volume = 1e-5, crystal.cell.array.copy(), crystal.get_volume()
+    for i in range(3):
+        energies = []
+        for sign in (1, -1):
+            strained = crystal.copy()
+            strain = np.eye(3)
+            strain[i, i] += sign * h
+            strained.set_cell(cell @ strain, scale_atoms=True)
+            strained.calc = VivaceCalculator(path)
+            energies.append(strained.get_potential_energy())
+        assert stress[i, i] == pytest.approx((energies[0] - energies[1]) / (2 * h) / volume, rel=1e-6, abs=1e-10)
+    if form == "quadratic":
+        assert np.abs(stress).max() < 1e-10
+    else:
+        assert stress[0, 0] > 1e-3  # tensile: the square root pulls the atoms together
     lone = crystal[:1]
     lone.center(vacuum=10.0)
     lone.pbc = False
     lone.calc = VivaceCalculator(path)
     assert lone.get_potential_energy() == pytest.approx(0.25, rel=1e-12)
+
+
+def test_square_root_baseline_prices_a_vacancy_to_first_order(tmp_path):
+    """Removing an atom from the crystal costs the square-root baseline about half the cohesion |c| (each
+    neighbor loses its share of coordination to first order), the quadratic one under a tenth (second order);
+    a dimer pulled through the cutoff has finite forces all the way to its isolated energies."""
+    from vivace.calculators import VivaceCalculator
+
+    crystal, rho0 = fcc_copper()
+    vacancy_energy = {}
+    for form in PROFILES:
+        path = baseline_only_checkpoint(str(tmp_path / f"{form}.ckpt"), form, rho0)
+        energies = []
+        for atoms in (crystal, crystal[1:]):
+            atoms = atoms.copy()
+            atoms.calc = VivaceCalculator(path)
+            energies.append(atoms.get_potential_energy())
+        vacancy_energy[form] = energies[1] - (len(crystal) - 1) / len(crystal) * energies[0]
+    assert 0.4 * 3.0 < vacancy_energy["sqrt"] < 0.6 * 3.0
+    assert 0 < vacancy_energy["quadratic"] < 0.1 * 3.0
+    from vivace.export import export
+
+    exported = crystal[1:].copy()  # the TorchScript artifact carries the form
+    exported.calc = VivaceCalculator(export(str(tmp_path / "sqrt.ckpt"), str(tmp_path / "sqrt.pth")))
+    assert exported.get_potential_energy() - (len(crystal) - 1) / len(crystal) * len(crystal) * (0.25 - 3.0) \
+        == pytest.approx(vacancy_energy["sqrt"], rel=1e-10)
+
+    from ase import Atoms
+
+    path = baseline_only_checkpoint(str(tmp_path / "dimer.ckpt"), "sqrt", rho0)
+    calc = VivaceCalculator(path)
+    forces, energies = [], []
+    for r in np.linspace(R_MAX - 0.2, R_MAX + 0.1, 31):
+        dimer = Atoms("Cu2", positions=[[0, 0, 0], [r, 0, 0]])
+        dimer.calc = calc
+        forces.append(dimer.get_forces()[1, 0])
+        energies.append(dimer.get_potential_energy())
+    assert np.all(np.isfinite(forces)) and np.abs(np.diff(forces)).max() < 0.05
+    assert energies[-1] == pytest.approx(0.5, rel=1e-12) and np.all(np.array(energies) <= 0.5 + 1e-12)
+
+
+def test_a_version_1_checkpoint_keeps_its_quadratic_baseline(tmp_path):
+    """Checkpoints written before the baseline's form was a hyperparameter meant the quadratic form."""
+    import torch
+
+    from vivace.calculators import VivaceCalculator
+
+    crystal, rho0 = fcc_copper()
+    crystal = crystal[1:]  # a vacancy, where the two forms differ
+    results = {}
+    for form in PROFILES:
+        path = baseline_only_checkpoint(str(tmp_path / f"{form}.ckpt"), form, rho0)
+        atoms = crystal.copy()
+        atoms.calc = VivaceCalculator(path)
+        results[form] = atoms.get_potential_energy()
+    payload = torch.load(str(tmp_path / "quadratic.ckpt"), weights_only=False)
+    del payload["model"]["hyperparameters"]["cohesion_form"]
+    payload["format_version"] = 1
+    torch.save(payload, str(tmp_path / "old.ckpt"))
+    crystal.calc = VivaceCalculator(str(tmp_path / "old.ckpt"))
+    assert crystal.get_potential_energy() == pytest.approx(results["quadratic"], rel=1e-12)
+    assert abs(results["sqrt"] - results["quadratic"]) > 0.5

@@ -9,7 +9,7 @@ import torch
 from .models import build_model, load_weights
 
 FORMAT = "vivace-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the cohesion baseline's form is a hyperparameter (version 1 meant "quadratic")
 
 
 def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
@@ -39,6 +39,9 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise ValueError(f"'{path}' is not a readable vivace checkpoint: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"'{path}' is not a vivace checkpoint")
+    hyper = payload.get("model", {}).get("hyperparameters", {})
+    if payload.get("format_version", 1) < 2 and hyper.get("cohesion") and "cohesion_form" not in hyper:
+        hyper["cohesion_form"] = "quadratic"
     return payload
 
 

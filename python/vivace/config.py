@@ -27,7 +27,7 @@ DEFAULTS: Dict[str, Any] = {
         "type_names": None,  # default: the elements of the data, by atomic number
         "neighbor_normalization": "global",  # or "per_type": 1/sqrt(avg neighbors of the center's type)
         "isolated_atom_energies": None,  # {element: energy}: the shifts, plus a cohesion baseline fitted to the
-        # rest (atoms pulled apart approach these energies); default: least-squares shifts
+        # rest (atoms pulled apart approach these energies; its form: cohesion_form); default: least-squares shifts
         # plus the hyperparameters of the chosen kind: see model_defaults()
     },
     "training": {
@@ -89,6 +89,7 @@ CHOICES = {
     "model.dtype": ("float32", "float64"),
     "training.dtype": ("float32", "float64"),
     "model.neighbor_normalization": ("global", "per_type"),
+    "model.cohesion_form": ("sqrt", "quadratic"),
     "training.loss": ("mse", "huber"),
     "training.optimizer": ("adam", "adamw"),
     "training.scheduler": ("plateau", "cosine", "none"),

@@ -55,10 +55,14 @@ def coordinations(s: Structure, r_cut: np.ndarray, polynomial_p: float) -> np.nd
 
 
 def cohesion_baseline(structures: Sequence[Structure], num_types: int, shifts: Sequence[float], r_cut: np.ndarray,
-                      polynomial_p: float) -> Tuple[List[float], List[float]]:
-    """(c, rho0) per type for the model's cohesion term c x (2 - x), x = rho_i / rho0: rho0 the mean
-    coordination of the type's atoms over the training set, c the least-squares (minimum-norm) fit of
-    E - sum_i shift[Z_i] on sum_i g(x_i), g(x) = x (2 - x), over the frames with energies."""
+                      polynomial_p: float, form: str = "sqrt") -> Tuple[List[float], List[float]]:
+    """(c, rho0) per type for the model's cohesion term c g(x), x = rho_i / rho0 (g: models.common.cohesion_profile
+    of `form`): rho0 the mean coordination of the type's atoms over the training set, c the least-squares
+    (minimum-norm) fit of E - sum_i shift[Z_i] on sum_i g(x_i) over the frames with energies."""
+    import torch
+
+    from .models.common import cohesion_profile
+
     rho = [coordinations(s, r_cut, polynomial_p) for s in structures]
     types = np.concatenate([s.atom_types for s in structures])
     all_rho = np.concatenate(rho)
@@ -69,7 +73,8 @@ def cohesion_baseline(structures: Sequence[Structure], num_types: int, shifts: S
         if s.energy is None or not np.isfinite(s.energy):
             continue
         x = r / np.asarray(rho0)[s.atom_types]
-        features.append(np.bincount(s.atom_types, weights=x * (2.0 - x), minlength=num_types))
+        g = cohesion_profile(torch.from_numpy(np.asarray(x, dtype=np.float64)), form).numpy()
+        features.append(np.bincount(s.atom_types, weights=g, minlength=num_types))
         targets.append(s.energy - float(np.sum(np.asarray(shifts)[s.atom_types])))
     if not features:
         return [0.0] * num_types, rho0

@@ -145,6 +145,7 @@ class Allegro(nn.Module):
         units: str = "metal",
         cohesion: List[float] = [],
         mean_coordination: List[float] = [],
+        cohesion_form: str = "sqrt",
     ):
         super().__init__()
         if not 0 <= l_max <= 3:
@@ -184,7 +185,8 @@ class Allegro(nn.Module):
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
         self.readout = MLP([num_scalar_features] + readout_hidden + [1])
-        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination)
+        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination,
+                               cohesion_form)
         self.tensor_product_kernel = "torch"
         self.execution = "eager"
         self.edges_per_group = self.cpu_edges_per_group()

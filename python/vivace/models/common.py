@@ -88,15 +88,32 @@ class EdgeGeometry(nn.Module):
         return r, envelope, basis, self.sh(edge_vectors.to(dtype))
 
 
+COHESION_FORMS = ("sqrt", "quadratic")
+
+
+def cohesion_profile(x: torch.Tensor, form: str, eps: float = 0.1) -> torch.Tensor:
+    """g(x) of the cohesion baseline c g(x), x = rho / rho0: g(0) = 0, g(1) = 1.
+
+    "sqrt": (sqrt(x + eps^2) - eps) / (sqrt(1 + eps^2) - eps), the second-moment (Finnis-Sinclair, tight
+    binding) law: cohesion grows as the square root of the coordination, so an atom losing a neighbor pays to
+    first order (a vacancy alone costs about half the cohesion c), and the attraction it exerts is left for the
+    network's pair repulsion to balance; eps keeps the force's derivative finite as x -> 0.
+    "quadratic": x (2 - x), stationary at x = 1 (no force or stress at the mean coordination), but a vacancy
+    costs it only to second order (a few percent of c), leaving the network almost all of the defect energy."""
+    if form == "sqrt":
+        return (torch.sqrt(x + eps * eps) - eps) / ((1.0 + eps * eps) ** 0.5 - eps)
+    return x * (2.0 - x)
+
+
 class EnergyHead(nn.Module):
     """Per-species scale and shift (float64), plus two optional sums over a center's edges: the cohesion
     baseline and the ZBL repulsion.
 
-    The baseline gives atom i the energy c[Z_i] x (2 - x), x = rho_i / rho0[Z_i], rho_i = sum_j u(r_ij) its
-    coordination (u the envelope): c at the training data's mean coordination rho0, where its force and stress
-    vanish (d/dx = 0 at x = 1), and 0 for an atom without neighbors. With isolated-atom energies as shifts it
-    carries the mean cohesion (c < 0, fitted to the training energies; statistics.cohesion_baseline), so an
-    atom's energy rises towards its isolated value as its neighbors leave."""
+    The baseline gives atom i the energy c[Z_i] g(x), x = rho_i / rho0[Z_i], rho_i = sum_j u(r_ij) its
+    coordination (u the envelope), g = cohesion_profile: c at the training data's mean coordination rho0, 0
+    for an atom without neighbors. With isolated-atom energies as shifts it carries the mean cohesion (c < 0,
+    fitted to the training energies; statistics.cohesion_baseline), so an atom's energy rises towards its
+    isolated value as its neighbors leave."""
 
     def __init__(
         self,
@@ -107,9 +124,13 @@ class EnergyHead(nn.Module):
         units: str,
         cohesion: List[float] = [],
         mean_coordination: List[float] = [],
+        cohesion_form: str = "sqrt",
     ):
         super().__init__()
         unit_style(units)  # refuses a style vivace does not support, by name
+        if cohesion_form not in COHESION_FORMS:
+            raise ValueError(f"cohesion_form must be one of {', '.join(COHESION_FORMS)}, not '{cohesion_form}'")
+        self.cohesion_form = cohesion_form
         self.scale_shift = PerSpeciesScaleShift(len(type_names), energy_scale, energy_shift)
         num_types = len(type_names)
         if len(cohesion) != len(mean_coordination) or (cohesion and len(cohesion) != num_types):
@@ -140,7 +161,7 @@ class EnergyHead(nn.Module):
         if self.has_cohesion:
             rho = scatter_sum(envelope.to(torch.float64), center, atomic_energy.shape[0])
             x = rho / self.mean_coordination.to(torch.float64)[atom_types]
-            atomic_energy = atomic_energy + self.cohesion.to(torch.float64)[atom_types] * x * (2.0 - x)
+            atomic_energy = atomic_energy + self.cohesion.to(torch.float64)[atom_types] * cohesion_profile(x, self.cohesion_form)
         if self.zbl is not None:
             pair = self.zbl(r, envelope, center_type, neighbor_type)
             atomic_energy = atomic_energy + scatter_sum(pair, center, atomic_energy.shape[0])

@@ -221,6 +221,7 @@ class NequIP(nn.Module):
         units: str = "metal",
         cohesion: List[float] = [],
         mean_coordination: List[float] = [],
+        cohesion_form: str = "sqrt",
     ):
         super().__init__()
         if not 0 <= l_max <= 3:
@@ -250,7 +251,8 @@ class NequIP(nn.Module):
             irreps = block.irreps_out
         self.blocks = nn.ModuleList(blocks)
         self.readout = o3.Linear(irreps, o3.Irreps("0e"))
-        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination)
+        self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination,
+                               cohesion_form)
 
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         num_nodes = atom_types.shape[0]
