@@ -154,20 +154,21 @@ def test_the_operators_run_on_torchs_threads():
     assert "libgomp" in linked or "libomp" in linked, linked
 
 
-def test_artifacts_of_both_kernels_equal_the_eager_model(tmp_path):
+def test_artifacts_of_both_kernels_equal_the_eager_model(tmp_path, artifact):
     """The exported model with the fused operator (AOTInductor, calling it through its proxy executor, and
     TorchScript) and with PyTorch's tensor product, all through the C++ core,
     against the eager model (PyTorch's), float64, on a graph with ghosts; the metadata names the kernel."""
-    from conftest import make_checkpoint
     from vivace import _core
     from vivace.calculators import load_backend
     from vivace.export import export, random_graph
 
-    checkpoint = make_checkpoint(str(tmp_path / "model.ckpt"))
+    checkpoint = artifact("allegro", "float64", "ckpt")
     vectors, edge_index, types = random_graph(2, 4.0, 17, 3)
     eager = load_backend(checkpoint).evaluate(vectors, edge_index, types, 12)
     for kernel, ext in ((None, ".pt2"), ("fused", ".pth"), ("torch", ".pth")):
-        path = export(checkpoint, str(tmp_path / f"{kernel}{ext}"), kernel=kernel)
+        # the default .pt2 is the session's export of the same checkpoint (an AOTInductor compile saved)
+        path = artifact("allegro", "float64", "pt2") if kernel is None else export(
+            checkpoint, str(tmp_path / f"{kernel}{ext}"), kernel=kernel)
         model = _core.Model(path, -1)
         assert model.metadata["tensor_product_kernel"] == (kernel or "fused")  # the default on a CPU
         for ours, reference in zip(model.evaluate(vectors, edge_index, types, 12), eager):

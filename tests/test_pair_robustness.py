@@ -140,7 +140,8 @@ def awkward_graph(atoms, r_max, seed=0):
     return vectors[order], np.ascontiguousarray(edge_index[:, order]), types, len(atoms) - 5
 
 
-@pytest.mark.parametrize("fmt", ["ckpt", "pth", "pt2"])
+# the core slices the graph into groups alike for both formats; .pt2 adds a 40 s compile: on demand (-m slow)
+@pytest.mark.parametrize("fmt", ["ckpt", "pth", pytest.param("pt2", marks=pytest.mark.slow)])
 def test_center_groups_equal_the_whole_graph(tmp_path, fmt):
     """Allegro run as groups of whole centers (eager: the model's edges_per_group; artifacts: the core's
     edges_per_group, which LAMMPS uses, one group at a time on 1 thread and two side by side on 2) gives the
