@@ -99,7 +99,7 @@ def cohesion_profile(x: torch.Tensor, form: str, eps: float = 0.1) -> torch.Tens
     first order (a vacancy alone costs about half the cohesion c), and the attraction it exerts is left for the
     network's pair repulsion to balance; eps keeps the force's derivative finite as x -> 0.
     "quadratic": x (2 - x), stationary at x = 1 (no force or stress at the mean coordination), but a vacancy
-    costs it only to second order (a few percent of c), leaving the network almost all of the defect energy."""
+    costs it only to second order (under a tenth of c), leaving the network almost all of the defect energy."""
     if form == "sqrt":
         return (torch.sqrt(x + eps * eps) - eps) / ((1.0 + eps * eps) ** 0.5 - eps)
     return x * (2.0 - x)
@@ -161,7 +161,8 @@ class EnergyHead(nn.Module):
         if self.has_cohesion:
             rho = scatter_sum(envelope.to(torch.float64), center, atomic_energy.shape[0])
             x = rho / self.mean_coordination.to(torch.float64)[atom_types]
-            atomic_energy = atomic_energy + self.cohesion.to(torch.float64)[atom_types] * cohesion_profile(x, self.cohesion_form)
+            cohesion = self.cohesion.to(torch.float64)[atom_types]
+            atomic_energy = atomic_energy + cohesion * cohesion_profile(x, self.cohesion_form)
         if self.zbl is not None:
             pair = self.zbl(r, envelope, center_type, neighbor_type)
             atomic_energy = atomic_energy + scatter_sum(pair, center, atomic_energy.shape[0])
