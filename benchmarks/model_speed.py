@@ -182,9 +182,14 @@ def main():
     parser.add_argument("--peak-gflops", type=float, default=41.6, help="float64 peak per core (see kernel_speed.py)")
     parser.add_argument("--upstream-python", default=os.environ.get("UPSTREAM_PYTHON", "/work/upstream-venv/bin/python"))
     parser.add_argument(
-        "--upstream-compiled-supercells", nargs="+", type=int, default=[1, 2],
+        "--upstream-compiled-supercells", nargs="*", type=int, default=[1, 2],
         help="supercells for which upstream's compiled path is measured (its first compile takes minutes)",
     )
+    parser.add_argument(
+        "--upstream-eager-supercells", nargs="*", type=int, default=[1, 2],
+        help="supercells for which upstream's eager path is measured (its Allegro float32 peak is 9.8 GB at 1536 "
+             "atoms and grows with the edges: about 78 GB at 12288)",
+    )  # fmt: skip
     args = parser.parse_args()
 
     if not os.path.isdir(DATA):
@@ -213,7 +218,8 @@ def main():
                             ours_cmd = [sys.executable, __file__, "--worker", "--checkpoint", checkpoint,
                                         "--artifact", artifact] + common  # fmt: skip
                             theirs_cmd = None
-                            if upstream and (mode == "eager" or supercell in args.upstream_compiled_supercells):
+                            wanted = args.upstream_eager_supercells if mode == "eager" else args.upstream_compiled_supercells
+                            if upstream and supercell in wanted:
                                 theirs_cmd = [args.upstream_python, os.path.join(HERE, "upstream_model_speed.py")]
                                 theirs_cmd += common + ["--data-dir", DATA, "--artifact-dir", folder]
                             ours, theirs = [], []
