@@ -126,18 +126,17 @@ def _slab_body(s: System, miller: str) -> str:
             "create_atoms 1 region slab")  # fmt: skip
 
 
-def _check_distances(s: System, frames: list, name: str) -> None:
-    """Refuse a structure with atoms closer than 0.8 of the crystal's nearest-neighbour distance at rest."""
+def _check_distances(s: System, at_rest, name: str) -> None:
+    """Refuse a structure at rest with atoms closer than 0.8 of the crystal's nearest-neighbour distance."""
     from ase.neighborlist import neighbor_list
 
     from vivace.properties import NEAREST_NEIGHBOUR
 
-    nearest = NEAREST_NEIGHBOUR[s.lattice] * s.a
-    for atoms in frames[:1]:
-        d = neighbor_list("d", atoms, 0.8 * nearest)
-        if len(d):
-            raise RuntimeError(f"{name}: {len(d) // 2} pairs of atoms closer than {0.8 * nearest:.2f} A at rest "
-                               f"(closest {d.min():.3f} A)")  # fmt: skip
+    closest = 0.8 * NEAREST_NEIGHBOUR[s.lattice] * s.a
+    d = neighbor_list("d", at_rest, closest)
+    if len(d):
+        raise RuntimeError(f"{name}: {len(d) // 2} pairs of atoms closer than {closest:.2f} A at rest "
+                           f"(closest {d.min():.3f} A)")  # fmt: skip
 
 
 def reference_data(s: System, workdir: str) -> list:
@@ -169,8 +168,8 @@ def reference_data(s: System, workdir: str) -> list:
         at_rest = name.startswith(("bulk", "alloy")) or name in ("vacancy_0", "slab100_0", "slab111_0")
         found = nvt_frames(os.path.join(workdir, name), system, s.elements, temperature, seed, count, 50,
                            equilibrate=1500 if name.startswith("liquid") else 400, deform=deform, at_rest=at_rest)
-        if at_rest:
-            _check_distances(s, found, name)
+        if at_rest:  # nvt_frames puts the structure at rest first
+            _check_distances(s, found[0], name)
         frames += found
     return frames
 
