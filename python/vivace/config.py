@@ -48,10 +48,11 @@ DEFAULTS: Dict[str, Any] = {
         "min_learning_rate": 1.0e-6,
         "warmup_epochs": 0.0,  # linear warm-up, counted in optimizer steps
         # final stage: from this fraction of the budget (of max_epochs or max_minutes, whichever is further
-        # along) on, the energy weighs final_energy_weight and the learning rate drops to final_learning_rate;
-        # best.ckpt is then chosen among its epochs. null for none
+        # along) on, the energy weighs final_energy_weight (the stress final_stress_weight, null: unchanged) and
+        # the learning rate drops to final_learning_rate; best.ckpt is then chosen among its epochs. null for none
         "final_stage_start": 0.6,
         "final_energy_weight": 30.0,
+        "final_stress_weight": 10.0,
         "final_learning_rate": 0.001,
         "ema_decay": 0.99,  # per step; null for none. Validation, best.ckpt and export use the averaged weights
         "gradient_clip": 10.0,  # max gradient norm (of the dimensionless loss); null for none
@@ -77,6 +78,7 @@ NULLABLE_TYPES: Dict[str, Tuple[type, ...]] = {
     "model.isolated_atom_energies": (dict,),
     "training.max_minutes": (int, float),
     "training.final_stage_start": (int, float),
+    "training.final_stress_weight": (int, float),
     "training.ema_decay": (int, float),
     "training.gradient_clip": (int, float),
     "training.early_stopping_patience": (int,),

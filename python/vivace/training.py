@@ -246,13 +246,16 @@ class Trainer:
         return used
 
     def _enter_final_stage(self, reset_learning_rate: bool = True) -> None:
-        """The energy weight rises and the learning rate drops (as in MACE's second stage): forces are learned
-        first, then the energies of environments that forces alone leave undetermined (surfaces, vacancies:
-        a few meV/atom of systematic offset otherwise). best.ckpt is chosen among this stage's epochs, by the
-        validation loss with these weights."""
+        """The energy and stress weights rise and the learning rate drops (as in MACE's second stage): forces
+        are learned first, then the energies of environments that forces alone leave undetermined (surfaces,
+        vacancies: a few meV/atom of systematic offset otherwise) and the equation of state. best.ckpt is chosen
+        among this stage's epochs, by the validation loss with these weights."""
         t = self.tcfg
         self.final_stage = True
-        self.loss.weights = (float(t["final_energy_weight"]),) + self.loss.weights[1:]
+        energy, forces, stress = self.loss.weights
+        if t["final_stress_weight"] is not None:
+            stress = float(t["final_stress_weight"])
+        self.loss.weights = (float(t["final_energy_weight"]), forces, stress)
         if reset_learning_rate:
             for group in self.optimizer.param_groups:
                 group["lr"] = float(t["final_learning_rate"])
@@ -372,7 +375,8 @@ class Trainer:
                 if self.rank == 0:
                     print(
                         f"vivace train: final stage from epoch {self.epoch + 1}: energy weight "
-                        f"{t['final_energy_weight']:g}, learning rate {t['final_learning_rate']:g}",
+                        f"{self.loss.weights[0]:g}, stress weight {self.loss.weights[2]:g}, learning rate "
+                        f"{t['final_learning_rate']:g}",
                         flush=True,
                     )
             train_loss = self._train_epoch(deadline)
