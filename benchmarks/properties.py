@@ -141,6 +141,7 @@ def _check_distances(s: System, at_rest, name: str) -> None:
 
 
 BULK_STATES, BULK_FRAMES = 24, 3  # strained boxes, each at rest and in this many MD frames
+LIQUID_STRAINS = (0.0, 0.02)  # linear strains of the liquid's boxes from the crystal's
 
 
 def reference_data(s: System, workdir: str) -> list:
@@ -166,7 +167,7 @@ def reference_data(s: System, workdir: str) -> list:
             body = _slab_body(s, miller)
             runs.append((f"slab{miller}_{k}", body + "\n" + "\n".join(f"mass {j + 1} {m}" for j, m in enumerate(s.masses))
                          + "\n" + s.pair_lines(), t, "", 6))  # fmt: skip
-    for k, strain in enumerate((0.0, 0.02)):
+    for k, strain in enumerate(LIQUID_STRAINS):
         runs.append((f"liquid_{k}", _box(s, s.a, _bulk_body(s, s.cells())), s.liquid_temperature, deformation_commands(strain), 8))
 
     frames = []
