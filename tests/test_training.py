@@ -146,7 +146,7 @@ def test_final_stage_raises_the_energy_weight_and_drops_the_learning_rate(tmp_pa
 
 
 def test_final_stage_stress_weight(tmp_path, data, capsys):
-    """final_stress_weight replaces the stress weight from the final stage on (null: unchanged, as above)."""
+    """final_stress_weight replaces the stress weight from the final stage on."""
     common = dict(max_epochs=3, learning_rate=0.01, scheduler="none", final_energy_weight=1.0)
     rows = read_metrics(os.path.join(train(config(tmp_path, data, final_stage_start=0.5, final_stress_weight=1000.0,
                                                   **common)), "metrics.csv"))  # fmt: skip
