@@ -6,7 +6,9 @@ this script
    boxes (24 boxes of 3 frames each, volumes -6% to +6%, half of them stretched unevenly along the axes, half
    sheared), each box's perfect lattice at rest as well, of a cell with a vacancy (for fcc also a 2x2x2 cell
    with one: a vacancy's energy per atom 3.4x that in the 3x3x3 cell, which per-atom energy errors dilute
-   less), of (100) and (111) slabs (the unrelaxed vacancies and slabs at rest as well), and of the liquid
+   less; the vacancy also from its neighbours moved towards it, as vivace.properties' second relaxation
+   starts: without that, Stillinger-Weber Si's reconstructed vacancy, 1.65 eV below the unrelaxed one, is
+   only reached by the MD at 880 K), of (100) and (111) slabs (the unrelaxed vacancies and slabs at rest as well), and of the liquid
    (for the alloy: random alloys across the composition range as well). Without the lattices at rest, models fit the thermal frames' pressures (Al: error slope 0.3 GPa per
    unit volume strain) but not the 0 K lattice's (8 GPa there: B -13% for vivace; MD from 100 K up never
    visits the perfect crystal);
@@ -141,12 +143,16 @@ def _check_distances(s: System, at_rest, name: str) -> None:
 
 
 BULK_STATES, BULK_FRAMES = 24, 3  # strained boxes, each at rest and in this many MD frames
-LIQUID_STRAINS = (0.0, 0.02)  # linear strains of the liquid's boxes from the crystal's
+# linear strains of the liquid's boxes from the crystal's: volumes -6 to +12.5%, on both sides of the 0-bar
+# liquid's, which is less dense than the crystal for Cu (RDF first peak +0.62 and +1.01% in two runs with +12.5%,
+# +2.10 and +0.76% without) and denser for Si (without -6%, two Si models' liquids collapsed at 2200 K, 0 bar)
+LIQUID_STRAINS = (-0.02, 0.0, 0.02, 0.04)
 
 
 def reference_data(s: System, workdir: str) -> list:
     """Labelled frames (energy, forces, stress) of the bulk, a vacancy, two surfaces and the liquid."""
     from vivace.lammps_run import deformation_commands, nvt_frames, sampled_states
+    from vivace.properties import vacancy_site
 
     runs = []  # (name, system text, temperature, deform, frames)
     for k, (temperature, strain, shear) in enumerate(sampled_states(BULK_STATES, s.solid_temperatures, 0.02, 0.03, seed=7)):
@@ -162,6 +168,10 @@ def reference_data(s: System, workdir: str) -> list:
         for k, temperature in enumerate((0.25, 0.6)):
             t = s.solid_temperatures[0] + temperature * (s.solid_temperatures[1] - s.solid_temperatures[0])
             runs.append((f"{name}_{k}", _box(s, s.a, vacancy), t, "", 8))
+    inward = _bulk_body(s, s.cells(), vacancy_site(s.lattice, s.a, s.cells(), 0.15) + "delete_atoms group gone")
+    for k, temperature in enumerate((0.0, 0.25)):
+        t = s.solid_temperatures[0] + temperature * (s.solid_temperatures[1] - s.solid_temperatures[0])
+        runs.append((f"vacancy_inward_{k}", _box(s, s.a, inward), t, "", 8))
     for miller in ("100", "111"):
         for k, temperature in enumerate((0.2, 0.6)):
             t = s.solid_temperatures[0] + temperature * (s.solid_temperatures[1] - s.solid_temperatures[0])
@@ -226,7 +236,8 @@ def split(frames: list, workdir: str) -> None:
 
 def train_model(s: System, workdir: str, minutes: float, threads: int, model: dict,
                 isolated: Optional[Dict[str, float]] = None, settings: Sequence[str] = ()) -> str:
-    """settings: 'training.KEY=VALUE' or 'model.KEY=VALUE' (VALUE in YAML) away from the defaults."""
+    """settings: 'training.KEY=VALUE', 'model.KEY=VALUE' or a top-level 'KEY=VALUE' such as 'seed=1' (VALUE in
+    YAML) away from the defaults."""
     import yaml
 
     from vivace.export import export
@@ -243,10 +254,10 @@ def train_model(s: System, workdir: str, minutes: float, threads: int, model: di
     }
     for setting in settings:
         key, _, value = setting.partition("=")
-        section, _, name = key.partition(".")
-        if section not in ("training", "model") or not name or not value:
-            raise SystemExit(f"--set {setting}: expected training.KEY=VALUE or model.KEY=VALUE")
-        config[section][name] = yaml.safe_load(value)
+        section, _, name = key.rpartition(".")
+        if section not in ("", "training", "model") or not name or not value:
+            raise SystemExit(f"--set {setting}: expected seed=VALUE, training.KEY=VALUE or model.KEY=VALUE")
+        (config[section] if section else config)[name] = yaml.safe_load(value)
     run = train(config)
     return export(os.path.join(run, "best.ckpt"), os.path.join(workdir, "model.pt2"))
 
@@ -375,9 +386,9 @@ def main(argv=None) -> int:
     parser.add_argument("--upstream-dtype", choices=("float32", "float64"), default="float32",
                         help="upstream's model_dtype, in which it both trains and runs (it has no way to train in "
                              "one and export in the other): float32 gives it the epochs vivace's float32 training gets")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="vivace's training or model setting away from the documented defaults, e.g. "
-                             "training.stress_weight=3 (repeatable; the results file says which)")
+    parser.add_argument("--set", action="append", default=[], metavar="[SECTION.]KEY=VALUE",
+                        help="vivace's setting away from the documented defaults, e.g. training.stress_weight=3 "
+                             "or seed=1 (repeatable; the results file says which)")
     parser.add_argument("--workdir", default="/tmp/vivace_properties")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "properties.txt"))
     args = parser.parse_args(argv)

@@ -204,6 +204,22 @@ def elastic_constants(c: Crystal, workdir: str, a: float, strain: float = 0.005)
     return {"C11": float(d_normal[0]), "C12": float((d_normal[1] + d_normal[2]) / 2), "C44": float(d_shear[3])}
 
 
+def vacancy_site(lattice: str, a: float, size: int, inward: float = 0.0) -> str:
+    """LAMMPS commands that group the atom on a lattice site of a size^3 supercell whose neighbours are all
+    inside the box as `gone` and its nearest neighbours as `near`, and move `near` towards the site by `inward`
+    nearest-neighbour distances."""
+    site = float(a * (size // 2))
+    nearest = float(NEAREST_NEIGHBOUR[lattice] * a)
+    towards = "".join(f"variable d{x} atom {-inward!r}*({x}-{site!r})*{nearest!r}/v_to_site\n" for x in "xyz")
+    move = towards + "displace_atoms near move v_dx v_dy v_dz units box\n" if inward else ""
+    return f"""region site sphere {site!r} {site!r} {site!r} 0.1 units box
+group gone region site
+variable to_site atom sqrt((x-{site!r})^2+(y-{site!r})^2+(z-{site!r})^2)
+variable near atom v_to_site<{1.1 * nearest!r}&&v_to_site>0.1
+group near variable near
+""" + move
+
+
 def vacancy_formation_energy(c: Crystal, workdir: str, a: float, size: int = 3, rattle: float = 0.01,
                              inward: float = 0.15, seed: int = 2024) -> float:
     """E(N-1) - (N-1)/N E(N) in eV, in a size^3 supercell at the lattice constant a, ions relaxed.
@@ -215,24 +231,16 @@ def vacancy_formation_energy(c: Crystal, workdir: str, a: float, size: int = 3, 
     unrelaxed 4.34 eV from the lattice (the neighbours sit just beyond each other's cutoff, so nothing pulls
     them in) and relaxes to 2.69 eV from the inward start.
     """
-    site = float(a * (size // 2))  # a lattice site whose neighbours are all inside the box
-    nearest = float(NEAREST_NEIGHBOUR[c.lattice] * a)
     perfect = _bulk(c, a, size) + "run 0\n" + _result("perfect", "pe", "atoms")
-    vacancy = f"""region site sphere {site!r} {site!r} {site!r} 0.1 units box
-group gone region site
-variable to_site atom sqrt((x-{site!r})^2+(y-{site!r})^2+(z-{site!r})^2)
-variable near atom v_to_site<{1.1 * nearest!r}&&v_to_site>0.1
-group near variable near
-""" + _result("site", "count(gone)", "count(near)")
     relax = f"""delete_atoms group gone
 displace_atoms all random {rattle} {rattle} {rattle} {seed} units box
 run 0
 {MINIMIZE}
 """ + _result("vacancy", "pe")
-    towards = "\n".join(f"variable d{x} atom {-inward!r}*({x}-{site!r})*{nearest!r}/v_to_site" for x in "xyz")
     energies = []
-    for name, moved in (("", ""), ("_inward", f"{towards}\ndisplace_atoms near move v_dx v_dy v_dz units box\n")):
-        found = _run(perfect + vacancy + moved + relax, workdir, f"vacancy_formation_energy{name}")
+    for name, moved in (("", 0.0), ("_inward", inward)):
+        site = vacancy_site(c.lattice, a, size, moved) + _result("site", "count(gone)", "count(near)")
+        found = _run(perfect + site + relax, workdir, f"vacancy_formation_energy{name}")
         e_perfect, n = found["perfect"]
         gone, near = found["site"]
         if gone != 1 or near != COORDINATION[c.lattice]:
