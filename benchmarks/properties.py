@@ -8,7 +8,7 @@ this script
    with one: a vacancy's energy per atom 3.4x that in the 3x3x3 cell, which per-atom energy errors dilute
    less; the vacancy also from its neighbours moved towards it, as vivace.properties' second relaxation
    starts: without that, Stillinger-Weber Si's reconstructed vacancy, 1.65 eV below the unrelaxed one, is
-   only reached by the hottest vacancy MD, 820 K; a check at 400 K stayed unreconstructed, one at 880 K reconstructed), of (100) and (111) slabs (the unrelaxed vacancies and slabs at rest as well), and of the liquid
+   reached at most by the hottest vacancy MD, 820 K; a check at 400 K stayed unreconstructed, one at 880 K reconstructed), of (100) and (111) slabs (the unrelaxed vacancies and slabs at rest as well), and of the liquid
    (for the alloy: random alloys across the composition range as well). Without the lattices at rest, models fit the thermal frames' pressures (Al: error slope 0.3 GPa per
    unit volume strain) but not the 0 K lattice's (8 GPa there: B -13% for vivace; MD from 100 K up never
    visits the perfect crystal);
