@@ -1,0 +1,57 @@
+"""benchmarks/properties.py's table: medians and spreads over seeds, targets judged on the medians."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("properties_bench", os.path.join(HERE, "..", "benchmarks", "properties.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+REFERENCE = {"a": 3.615, "bulk_modulus": 138.0, "x_phonons": [5.0, 7.6]}
+
+
+def lines_of(text):
+    """{property: its line split into fields} of a one-system table."""
+    return {line.split()[1]: line.split() for line in text.splitlines()[1:]}
+
+
+def test_one_result_per_code_keeps_the_single_run_layout(bench):
+    ours = {"a": 3.62, "bulk_modulus": 130.0, "x_phonons": [5.1, 7.5]}
+    text = bench.table({"Cu": {"reference": REFERENCE, "vivace": ours}})
+    assert "seeds" not in text.splitlines()[0]
+    b = lines_of(text)["B"]
+    assert b[-3:] == ["-5.80%", "5%", "NO"]  # (130 - 138) / 138
+
+
+def test_median_and_spread_over_seeds(bench):
+    bs = [130.0, 139.0, 145.0]
+    phonons = [[5.3, 7.6], [5.0, 7.5], [5.05, 7.6]]  # worst relative errors 6%, 1.3%, 1%
+    ours = [{"a": 3.615 * (1 + d), "bulk_modulus": b, "x_phonons": x}
+            for d, b, x in zip((0.001, -0.003, 0.0015), bs, phonons)]  # fmt: skip
+    theirs = [{"a": 3.62, "bulk_modulus": b, "x_phonons": [5.0, 7.6]} for b in (120.0, float("nan"), 160.0)]
+    text = bench.table({"Cu": {"reference": REFERENCE, "vivace": ours, "upstream": theirs}})
+    assert "seeds" in text.splitlines()[0]
+    rows = lines_of(text)
+
+    b = rows["B"]
+    errors = (np.array(bs) - 138.0) / 138.0
+    assert b[4:7] == ["139.0000", f"{100 * np.median(errors):+.2f}%", f"{100 * errors.min():+.2f}..{100 * errors.max():+.2f}%"]
+    # upstream: the failed seed is left out, the median of 120 and 160 is exactly the reference
+    assert b[7:10] == ["140.0000", "+1.45%", "-13.04..+15.94%"]
+    assert b[10:] == ["5%", "yes", "yes"]  # judged on the medians: 0.72% against 1.45%
+
+    a = rows["a"]
+    assert a[4] == f"{3.615 * 1.001:.4f}" and a[-2] == "yes"  # the median strain, +0.1%, is within 0.2%
+
+    x = rows["X_phonons"]  # the seed with the median worst error (1.3%) stands for the seeds
+    assert x[5:8] == ["5.00", "7.50", f"{100 * 0.1 / 7.6:+.2f}%"]  # after the reference's two values
