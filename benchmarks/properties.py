@@ -425,6 +425,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default="/tmp/vivace_properties")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "properties.txt"))
     args = parser.parse_args(argv)
+    if any(setting.partition("=")[0] == "seed" for setting in args.set):
+        raise SystemExit("give the seed with --seeds, not --set seed=...")
 
     from vivace.checkpoint import load_checkpoint
 
@@ -432,8 +434,6 @@ def main(argv=None) -> int:
     if args.upstream_source:
         os.makedirs(args.workdir, exist_ok=True)
         plugin = build_upstream_plugin(args.upstream_source, args.workdir)
-    if any(setting.partition("=")[0] == "seed" for setting in args.set):
-        raise SystemExit("give the seed with --seeds, not --set seed=...")
     rows, notes = {}, []
     for key in args.systems:
         s = SYSTEMS[key]
