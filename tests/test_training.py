@@ -195,6 +195,28 @@ def test_loss_terms_weights_and_huber(data):
     assert loss0 == pytest.approx(Loss()(predict(model, batch2), batch2, LossDenominators.of(heavy[:2])).item(), rel=1e-13)
 
 
+def test_ema_decay_warms_up():
+    """The average after n updates follows a_n = d_n a_(n-1) + (1 - d_n) w_n with d_n = min(decay, n / (9 + n)),
+    the first update a copy: the starting weights fade out within tens of steps, not the 1 / (1 - decay) of a
+    fixed decay."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from vivace.training import warmed_ema
+
+    model = torch.nn.Linear(3, 2)
+    ema = AveragedModel(model, multi_avg_fn=warmed_ema(0.999))
+    rng = np.random.default_rng(0)
+    expected = None
+    for n in range(1, 60):
+        with torch.no_grad():
+            model.weight.copy_(torch.as_tensor(rng.normal(size=(2, 3)), dtype=torch.float32) + 1.0)
+        ema.update_parameters(model)
+        w = model.weight.detach().double()
+        d = min(0.999, n / (9.0 + n))
+        expected = w if n == 1 else d * expected + (1 - d) * w
+        assert torch.allclose(ema.module.weight.double(), expected, atol=1e-6)
+
+
 def test_resume_after_kill_matches_uninterrupted(tmp_path, data):
     """kill -9 during epoch 3 or later, `vivace train --resume`, and every metric of every epoch equals an
     uninterrupted run's (warm-up, cosine schedule, final stage, EMA, AdamW and shuffling all restored)."""

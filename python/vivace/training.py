@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from ase.data import atomic_numbers
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from . import distributed, reporting, statistics
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -35,6 +35,19 @@ def _resolve_device(name: str) -> torch.device:
             raise RuntimeError("config asks for device cuda, but this torch sees no CUDA device")
         return distributed.gpu()
     return torch.device("cpu")
+
+
+def warmed_ema(decay: float):
+    """The averaging step of an exponential moving average whose decay grows as min(decay, (1 + n) / (10 + n))
+    with the n updates so far: early weights, far from converged, leave the average within tens of steps
+    instead of the 1 / (1 - decay) a fixed decay needs."""
+
+    @torch.no_grad()
+    def average(averaged: List[torch.Tensor], current: List[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = int(num_averaged)
+        torch._foreach_lerp_(averaged, current, 1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
+    return average
 
 
 def model_spec(config: Dict[str, Any], train_set: Sequence[Structure], type_names: List[str]) -> Dict[str, Any]:
@@ -95,7 +108,7 @@ class Trainer:
 
         self.ema = None
         if tcfg["ema_decay"]:
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(float(tcfg["ema_decay"])))
+            self.ema = AveragedModel(self.model, multi_avg_fn=warmed_ema(float(tcfg["ema_decay"])))
         self.train_module = EdgeForceModel(self.model, create_graph=True)
         if self.world > 1:
             on_gpu = self.device.type == "cuda"
