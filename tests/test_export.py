@@ -18,12 +18,13 @@ from vivace.models import build_model
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 # AOTInductor compiles take 20-50 s each here: every model and dtype is covered once across both formats
 # (the float64 .pt2 of both models are exercised by tests/test_pair_styles.py).
+# (the float64 TorchScript Allegro reads every layer's latents: readout_latents "all")
 CASES = [
-    ("allegro", "float32", ".pt2"),
-    ("allegro", "float64", ".pth"),
-    ("allegro", "float32", ".pth"),
-    ("nequip", "float64", ".pth"),
-    ("nequip", "float32", ".pth"),
+    ("allegro", "float32", ".pt2", {}),
+    ("allegro", "float64", ".pth", {"readout_latents": "all"}),
+    ("allegro", "float32", ".pth", {}),
+    ("nequip", "float64", ".pth", {}),
+    ("nequip", "float32", ".pth", {}),
 ]
 
 
@@ -55,9 +56,9 @@ def properties(atoms, model):
     return out
 
 
-@pytest.mark.parametrize("kind,dtype,ext", CASES)
-def test_artifact_matches_checkpoint_in_ase(tmp_path, kind, dtype, ext):
-    checkpoint = write_checkpoint(tmp_path / "model.ckpt", kind, dtype)
+@pytest.mark.parametrize("kind,dtype,ext,options", CASES)
+def test_artifact_matches_checkpoint_in_ase(tmp_path, kind, dtype, ext, options):
+    checkpoint = write_checkpoint(tmp_path / "model.ckpt", kind, dtype, dict(MODELS[kind], **options))
     artifact = export(checkpoint, str(tmp_path / f"model{ext}"))
     for atoms in (alloy("triclinic", seed=12), cluster()):
         ref, out = properties(atoms, checkpoint), properties(atoms, artifact)

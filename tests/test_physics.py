@@ -22,7 +22,9 @@ MODELS = {"allegro": HYPER, "nequip": NEQUIP_HYPER}
 # Other corners of each model's options, checked for symmetry, gradients and locality in float64.
 VARIANTS = {
     "allegro-lmax1-noparity-1layer": ("allegro", dict(MODELS["allegro"], l_max=1, parity=False, num_layers=1)),
-    "allegro-lmax3-3layers-residual": ("allegro", dict(MODELS["allegro"], l_max=3, num_layers=3, latent_update="residual")),
+    "allegro-lmax3-3layers-residual-readout-all": (
+        "allegro", dict(MODELS["allegro"], l_max=3, num_layers=3, latent_update="residual", readout_latents="all")
+    ),
     "allegro-4layers-pertype-cutoffs-zbl": (
         "allegro",
         dict(

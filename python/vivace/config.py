@@ -92,6 +92,7 @@ CHOICES = {
     "training.dtype": ("float32", "float64"),
     "model.neighbor_normalization": ("global", "per_type"),
     "model.cohesion_form": ("sqrt", "quadratic"),
+    "model.readout_latents": ("all", "last"),
     "training.loss": ("mse", "huber"),
     "training.optimizer": ("adam", "adamw"),
     "training.scheduler": ("plateau", "cosine", "none"),

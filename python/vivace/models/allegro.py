@@ -26,6 +26,7 @@ from ..nn.execution import in_python
 from .common import CutoffSpec, EdgeGeometry, EnergyHead, per_type
 
 LATENT_UPDATES = ("concat", "residual")
+READOUT_LATENTS = ("all", "last")
 
 
 class IrrepWeights(nn.Module):
@@ -137,6 +138,7 @@ class Allegro(nn.Module):
         latent_hidden: List[int] = [64],
         readout_hidden: List[int] = [32],
         latent_update: str = "concat",
+        readout_latents: str = "last",
         avg_num_neighbors: Union[float, List[float]] = 10.0,
         edge_type_cutoffs: Optional[CutoffSpec] = None,
         energy_shift: List[float] = [],
@@ -154,6 +156,8 @@ class Allegro(nn.Module):
             raise ValueError(f"Allegro num_layers must be 1 to 4, not {num_layers}")
         if latent_update not in LATENT_UPDATES:
             raise ValueError(f"latent_update must be one of {LATENT_UPDATES}, not '{latent_update}'")
+        if readout_latents not in READOUT_LATENTS:
+            raise ValueError(f"readout_latents must be one of {READOUT_LATENTS}, not '{readout_latents}'")
         num_types = len(type_names)
         self.r_max = float(r_max)
         avg = per_type(avg_num_neighbors, num_types, "avg_num_neighbors")
@@ -184,7 +188,10 @@ class Allegro(nn.Module):
             layers.append(layer)
             irreps = layer.irreps_out
         self.layers = nn.ModuleList(layers)
-        self.readout = MLP([num_scalar_features] + readout_hidden + [1])
+        # the edge energy reads the last layer's scalar latents, or every layer's, the two-body one included ("all")
+        self.readout_all = readout_latents == "all"
+        readout_width = (num_layers + 1 if self.readout_all else 1) * num_scalar_features
+        self.readout = MLP([readout_width] + readout_hidden + [1])
         self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination,
                                cohesion_form)
         self.tensor_product_kernel = "torch"
@@ -246,6 +253,7 @@ class Allegro(nn.Module):
             new_latents, features = layer(latents, features, sh, cutoff, center, density_norm, slots, width)
             latents.append(new_latents)
 
-        edge_energy = self.readout(latents[-1]).squeeze(-1).to(torch.float64)
+        readout_input = torch.cat(latents, dim=-1) if self.readout_all else latents[-1]
+        edge_energy = self.readout(readout_input).squeeze(-1).to(torch.float64)
         energy = scatter_sum(edge_energy, center, num_nodes) * self.edge_energy_norm[node_types].to(torch.float64)
         return self.head(energy, node_types, r, envelope, center, center_type, neighbor_type)
