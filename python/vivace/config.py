@@ -54,7 +54,7 @@ DEFAULTS: Dict[str, Any] = {
         "final_energy_weight": 30.0,
         "final_stress_weight": 10.0,
         "final_learning_rate": 0.001,
-        "ema_decay": 0.99,  # per step, warmed up (training.warmed_ema); null for none. Validation, best.ckpt and export use the averaged weights
+        "ema_decay": 0.99,  # per step, warmed up (warmed_ema); null for none. Validation, best.ckpt, export use it
         "gradient_clip": 10.0,  # max gradient norm (of the dimensionless loss); null for none
         "max_skipped_steps": 10,  # consecutive steps with a non-finite loss or gradient before training stops
         "early_stopping_patience": 50,  # epochs without improvement; null for none
