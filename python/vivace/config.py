@@ -93,6 +93,7 @@ CHOICES = {
     "model.neighbor_normalization": ("global", "per_type"),
     "model.cohesion_form": ("sqrt", "quadratic"),
     "model.readout_latents": ("all", "last"),
+    "model.two_body_embedding": ("concat", "product"),
     "training.loss": ("mse", "huber"),
     "training.optimizer": ("adam", "adamw"),
     "training.scheduler": ("plateau", "cosine", "none"),
