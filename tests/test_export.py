@@ -2,6 +2,8 @@
 checkpoint (eager model), on a periodic triclinic cell and on an open cluster; the export check itself;
 `vivace info`."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +68,37 @@ def test_artifact_matches_checkpoint_in_ase(tmp_path, kind, dtype, ext, options)
         for key in ref:
             scale = max(np.abs(ref[key]).max(), 1e-12)
             assert np.abs(np.asarray(out[key]) - ref[key]).max() <= TOLERANCE[dtype] * scale, key
+
+
+@pytest.mark.slow
+def test_concurrent_exports_of_one_architecture(tmp_path):
+    """Two exports at once of models with the same architecture (several seeds of one run): each builds its
+    AOTInductor files in its own folder. Before, both built them in the shared inductor cache under the generated
+    code's hash, and one export in about six packaged the other's half-written files ("parse error ... empty
+    input" on loading), so this check can only catch a return of that race by chance; three rounds."""
+    import subprocess
+    import sys
+
+    checkpoints = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = build_model("allegro", MODELS["allegro"], TYPE_NAMES, "float64")
+        spec = {"kind": "allegro", "hyperparameters": MODELS["allegro"], "type_names": TYPE_NAMES, "dtype": "float64",
+                "units": "metal"}  # fmt: skip
+        save_checkpoint(str(tmp_path / f"seed{seed}.ckpt"), {"model": spec, "state_dict": model.state_dict()})
+        checkpoints.append(str(tmp_path / f"seed{seed}.ckpt"))
+    code = "import sys; from vivace.export import export; export(sys.argv[1], sys.argv[2])"
+    for round in range(3):
+        runs = [subprocess.Popen([sys.executable, "-c", code, checkpoint, str(tmp_path / f"{k}_{round}.pt2")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                for k, checkpoint in enumerate(checkpoints)]  # fmt: skip
+        for run in runs:
+            output = run.communicate()[0].decode()
+            assert run.returncode == 0, output[-2000:]
+    for k, checkpoint in enumerate(checkpoints):
+        ref, out = properties(cluster(), checkpoint), properties(cluster(), str(tmp_path / f"{k}_2.pt2"))
+        assert abs(out["energy"] - ref["energy"]) <= TOLERANCE["float64"] * abs(ref["energy"])
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".export-")]
 
 
 def test_info_prints_metadata(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """Export a checkpoint as an AOTInductor (.pt2) or TorchScript (.pth) artifact under the artifact contract."""
 
 import os
+import shutil
 import tempfile
 import warnings
 from typing import Dict, Optional, Tuple
@@ -71,8 +72,10 @@ def _torch_inputs(vectors, edge_index, types, n_local, device):
     )
 
 
-def _aoti_files(module, example, dynamic_shapes, options):
-    """AOTInductor's files for one program (traced symbolically, then exported with the given dynamic dims)."""
+def _aoti_files(module, example, dynamic_shapes, options, build_dir):
+    """AOTInductor's files for one program (traced symbolically, then exported with the given dynamic dims),
+    built in build_dir: by default they go to a folder of the shared inductor cache named after the generated
+    code, where a concurrent export of a model of the same architecture overwrites them while they are packaged."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     set_execution(module, "export")
@@ -82,7 +85,9 @@ def _aoti_files(module, example, dynamic_shapes, options):
         set_execution(module, "eager")
     program = torch.export.export(graph, example, dynamic_shapes=dynamic_shapes, strict=False)
     return torch._inductor.aot_compile(
-        program.module(check_guards=False), example, options={**options, "aot_inductor.package": True}
+        program.module(check_guards=False),
+        example,
+        options={**options, "aot_inductor.package": True, "aot_inductor.output_path": build_dir},
     )
 
 
@@ -92,10 +97,11 @@ def _compile_aotinductor(wrapper, example, metadata, path, programs=None):
 
     num_edges = torch.export.Dim("num_edges", min=1)
     num_nodes = torch.export.Dim("num_nodes", min=1)
+    build = os.path.join(os.path.dirname(path), "build")
     files = {"model": _aoti_files(wrapper, example, ({0: num_edges}, {1: num_edges}, {0: num_nodes}, None),
-                                  {"aot_inductor.metadata": metadata})}  # fmt: skip
+                                  {"aot_inductor.metadata": metadata}, os.path.join(build, "model"))}  # fmt: skip
     for name, (module, inputs, dims) in (programs or {}).items():
-        files[name] = _aoti_files(module, inputs, dims, {})
+        files[name] = _aoti_files(module, inputs, dims, {}, os.path.join(build, name))
     package_aoti(path, files)
 
 
@@ -262,7 +268,5 @@ def export(
             )
         os.replace(tmp, output)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        os.rmdir(tmp_dir)
+        shutil.rmtree(tmp_dir)
     return output
