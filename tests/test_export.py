@@ -30,8 +30,8 @@ CASES = [
 ]
 
 
-def write_checkpoint(path, kind, dtype, hyper=None):
-    torch.manual_seed(3)
+def write_checkpoint(path, kind, dtype, hyper=None, seed=3):
+    torch.manual_seed(seed)
     hyper = hyper or MODELS[kind]
     model = build_model(kind, hyper, TYPE_NAMES, dtype)
     spec = {"kind": kind, "hyperparameters": hyper, "type_names": TYPE_NAMES, "dtype": dtype, "units": "metal"}
@@ -79,14 +79,7 @@ def test_concurrent_exports_of_one_architecture(tmp_path):
     import subprocess
     import sys
 
-    checkpoints = []
-    for seed in (1, 2):
-        torch.manual_seed(seed)
-        model = build_model("allegro", MODELS["allegro"], TYPE_NAMES, "float64")
-        spec = {"kind": "allegro", "hyperparameters": MODELS["allegro"], "type_names": TYPE_NAMES, "dtype": "float64",
-                "units": "metal"}  # fmt: skip
-        save_checkpoint(str(tmp_path / f"seed{seed}.ckpt"), {"model": spec, "state_dict": model.state_dict()})
-        checkpoints.append(str(tmp_path / f"seed{seed}.ckpt"))
+    checkpoints = [write_checkpoint(tmp_path / f"seed{seed}.ckpt", "allegro", "float64", seed=seed) for seed in (1, 2)]
     code = "import sys; from vivace.export import export; export(sys.argv[1], sys.argv[2])"
     for round in range(3):
         runs = [subprocess.Popen([sys.executable, "-c", code, checkpoint, str(tmp_path / f"{k}_{round}.pt2")],

@@ -259,10 +259,12 @@ class Allegro(nn.Module):
         cutoff = envelope.to(dtype).unsqueeze(-1)
         sh = sh.unsqueeze(-1)
 
-        types = torch.cat([self.center_embedding[center_type], self.neighbor_embedding[neighbor_type]], dim=-1)
+        center_embedding = self.center_embedding[center_type]
+        neighbor_embedding = self.neighbor_embedding[neighbor_type]
         if self.basis_projection is None:
-            two_body = self.two_body(torch.cat([basis, types], dim=-1)) * cutoff
+            two_body = self.two_body(torch.cat([basis, center_embedding, neighbor_embedding], dim=-1)) * cutoff
         else:  # vanishes with the basis at the cutoff
+            types = torch.cat([center_embedding, neighbor_embedding], dim=-1)
             two_body = self.two_body(types * self.basis_projection(basis))
             if self.layer_envelope:
                 two_body = two_body * cutoff
