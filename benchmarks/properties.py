@@ -83,7 +83,6 @@ class System:
     liquid_temperature: float  # K, above the reference's melting point
     alloy_fractions: tuple = ()  # fractions of type 2 for extra random-alloy MD
     l_max: int = 1  # of the small model: 1 for EAM (no angular terms), 2 for Stillinger-Weber's bond angles
-    cohesion_form: str = "sqrt"  # the README's choice: sqrt for metals, quadratic for Stillinger-Weber Si
 
     def pair_lines(self) -> str:
         from vivace.lammps_run import wheel_potential
@@ -106,7 +105,7 @@ SYSTEMS = {
     "alcu": System("Al in the Al-Cu EAM alloy (AlCu.eam.alloy)", "fcc", 4.05, ["Al", "Cu"], [26.982, 63.546],
                    "eam/alloy", "AlCu.eam.alloy", (100, 700), 1300.0, alloy_fractions=(0.1, 0.3)),
     "si": System("Si (Stillinger-Weber, Si.sw)", "diamond", 5.431, ["Si"], [28.0855], "sw", "Si.sw", (100, 1300), 2200.0,
-                 l_max=2, cohesion_form="quadratic"),
+                 l_max=2),
 }  # fmt: skip
 
 
@@ -459,7 +458,6 @@ def main(argv=None) -> int:
                 upstream = plugin and pool.submit(train_upstream_model, s, run_dir, args.minutes, args.threads,
                                                   args.model, isolated, args.upstream_dtype, seed)  # fmt: skip
                 model = dict(MODELS[args.model], l_max=s.l_max) if args.model == "small" else dict(MODELS[args.model])
-                model["cohesion_form"] = s.cohesion_form
                 artifact = train_model(s, run_dir, args.minutes, args.threads, model, isolated, settings)
                 t2 = time.monotonic()
                 upstream_artifact, upstream_run = upstream.result() if upstream else (None, None)
@@ -509,8 +507,7 @@ def report(args, plugin, rows, notes) -> str:
               "and stresses; error = (model - reference) / reference")  # fmt: skip
     if args.energy_reference == "isolated":
         header += ("\n# energy reference: the reference potential's isolated-atom energies for both codes (vivace: "
-                   "isolated_atom_energies, with its cohesion baseline fitted to the rest, square-root for Cu and Al-Cu, "
-                   "quadratic for Si; upstream: per_type_energy_shifts)")
+                   "isolated_atom_energies; upstream: per_type_energy_shifts), as the shifts of the atoms' energies")
     else:
         header += "\n# energy reference: least-squares per-element shifts for both codes (no isolated-atom energies)"
     if plugin:

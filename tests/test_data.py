@@ -281,14 +281,14 @@ def test_cohesion_baseline_recovers_a_coordination_energy(frames, form):
     assert np.allclose(predicted.detach().numpy(), [s.energy for s in structures], rtol=0, atol=1e-9)
 
 
-def baseline_only_checkpoint(path, form, rho0, c=-3.0, shift=0.25):
+def baseline_only_checkpoint(path, form, rho0, c=-3.0, shift=0.25, **network):
     """A one-element (Cu) Allegro whose network outputs nothing: its energy is the shift plus the baseline."""
     import torch
 
     from vivace.checkpoint import save_checkpoint
 
     hyper = dict(HYPER, energy_shift=[shift], energy_scale=[1.0], cohesion=[c], mean_coordination=[rho0],
-                 cohesion_form=form)  # fmt: skip
+                 cohesion_form=form, **network)  # fmt: skip
     model = build_model("allegro", hyper, ["Cu"], "float64")
     with torch.no_grad():
         for p in model.readout.parameters():
@@ -395,10 +395,52 @@ def test_a_version_1_checkpoint_keeps_its_quadratic_baseline(tmp_path):
         atoms = crystal.copy()
         atoms.calc = VivaceCalculator(path)
         results[form] = atoms.get_potential_energy()
-    payload = torch.load(str(tmp_path / "quadratic.ckpt"), weights_only=False)
-    del payload["model"]["hyperparameters"]["cohesion_form"]
+    old_network = dict(two_body_embedding="concat", layer_envelope=True)  # version 1's, implied by its absence
+    path = baseline_only_checkpoint(str(tmp_path / "v1.ckpt"), "quadratic", rho0, **old_network)
+    payload = torch.load(path, weights_only=False)
+    for key in ["cohesion_form", *old_network]:
+        del payload["model"]["hyperparameters"][key]
     payload["format_version"] = 1
     torch.save(payload, str(tmp_path / "old.ckpt"))
     crystal.calc = VivaceCalculator(str(tmp_path / "old.ckpt"))
     assert crystal.get_potential_energy() == pytest.approx(results["quadratic"], rel=1e-12)
     assert abs(results["sqrt"] - results["quadratic"]) > 0.5
+
+
+def test_a_cohesion_baseline_needs_a_form():
+    """cohesion_form "none" (the default) has no baseline: cohesion values given with it are refused."""
+    with pytest.raises(ValueError, match="needs a cohesion_form"):
+        build_model("allegro", dict(HYPER, energy_shift=[0.0, 0.0], cohesion=[-1.0, -1.0],
+                                    mean_coordination=[10.0, 10.0]), TYPE_NAMES, "float64")  # fmt: skip
+
+
+def test_a_version_2_checkpoint_keeps_its_allegro_network(tmp_path, frames):
+    """Checkpoints written before version 3 meant Allegro's "concat" two-body embedding with the envelope in
+    every layer (today's defaults are "product" and once): loaded without those keys, they give the energies
+    of the network they were written from."""
+    import torch
+
+    from vivace.calculators import VivaceCalculator
+    from vivace.checkpoint import save_checkpoint
+
+    hyper = dict(HYPER, energy_shift=[-0.5, -0.25], energy_scale=[1.0, 1.0], two_body_embedding="concat",
+                 layer_envelope=True)  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model("allegro", hyper, TYPE_NAMES, "float64")
+    spec = {"kind": "allegro", "hyperparameters": hyper, "type_names": TYPE_NAMES, "dtype": "float64", "units": "metal"}
+    save_checkpoint(str(tmp_path / "new.ckpt"), {"model": spec, "state_dict": model.state_dict()})
+    payload = torch.load(str(tmp_path / "new.ckpt"), weights_only=False)
+    for key in ("two_body_embedding", "layer_envelope"):
+        del payload["model"]["hyperparameters"][key]
+    payload["format_version"] = 2
+    torch.save(payload, str(tmp_path / "old.ckpt"))
+    energies = []
+    for name in ("new", "old"):
+        atoms = frames[0].copy()
+        atoms.calc = VivaceCalculator(str(tmp_path / f"{name}.ckpt"))
+        energies.append(atoms.get_potential_energy())
+    assert energies[1] == pytest.approx(energies[0], rel=1e-12)
+    payload["format_version"] = 3  # read as today's defaults, the weights do not fit: refused, not misread
+    torch.save(payload, str(tmp_path / "misread.ckpt"))
+    with pytest.raises(RuntimeError, match="basis_projection|Missing key|Unexpected key"):
+        VivaceCalculator(str(tmp_path / "misread.ckpt"))

@@ -20,10 +20,10 @@ from vivace.models import build_model
 TOLERANCE = {"float64": 1e-10, "float32": 1e-5}
 # AOTInductor compiles take 20-50 s each here: every model and dtype is covered once across both formats
 # (the float64 .pt2 of both models are exercised by tests/test_pair_styles.py); the float64 TorchScript Allegro
-# reads every layer's latents and has the product two-body embedding with the envelope applied once.
+# reads every layer's latents and has the concatenated two-body embedding with the envelope in every layer.
 CASES = [
     ("allegro", "float32", ".pt2", {}),
-    ("allegro", "float64", ".pth", dict(readout_latents="all", two_body_embedding="product", layer_envelope=False)),
+    ("allegro", "float64", ".pth", dict(readout_latents="all", two_body_embedding="concat", layer_envelope=True)),
     ("allegro", "float32", ".pth", {}),
     ("nequip", "float64", ".pth", {}),
     ("nequip", "float32", ".pth", {}),

@@ -25,14 +25,14 @@ VARIANTS = {
     "allegro-lmax3-3layers-residual-readout-all": (
         "allegro", dict(MODELS["allegro"], l_max=3, num_layers=3, latent_update="residual", readout_latents="all")
     ),
-    "allegro-4layers-pertype-cutoffs-zbl-product-embedding-envelope-once": (
+    "allegro-4layers-pertype-cutoffs-zbl-concat-embedding-envelope-every-layer": (
         "allegro",
         dict(
             MODELS["allegro"],
             l_max=1,
             num_layers=4,
-            two_body_embedding="product",
-            layer_envelope=False,
+            two_body_embedding="concat",
+            layer_envelope=True,
             avg_num_neighbors=[14.0, 25.0],
             edge_type_cutoffs={"Al-Cu": 3.3, "Cu": {"Cu": 3.6}},
             zbl=True,
@@ -173,7 +173,7 @@ def test_stress_is_finite_strain_derivative(kind, dtype):
 
 
 SMOOTH_CASES = {"allegro": ("allegro", HYPER), "nequip": ("nequip", NEQUIP_HYPER),
-                "allegro-envelope-once": ("allegro", dict(HYPER, two_body_embedding="product", layer_envelope=False))}
+                "allegro-envelope-every-layer": ("allegro", dict(HYPER, two_body_embedding="concat", layer_envelope=True))}
 
 
 @pytest.mark.parametrize("case", list(SMOOTH_CASES))
@@ -181,8 +181,8 @@ SMOOTH_CASES = {"allegro": ("allegro", HYPER), "nequip": ("nequip", NEQUIP_HYPER
 def test_smooth_at_cutoff(case, dtype):
     """A pair's energy and force go to zero continuously as its distance reaches r_max, and are exactly
     zero beyond. The envelope is C^2 (it vanishes as (1 - x)^3), so in float64 the pair energy must fall at
-    least as delta^3 and the force as delta^2 with the distance delta to the cutoff (an Allegro with the
-    envelope applied once, through the radial basis, falls exactly so)."""
+    least as delta^3 and the force as delta^2 with the distance delta to the cutoff (Allegro's default, with the
+    envelope applied once, through the radial basis, falls exactly so; with it in every layer, faster)."""
     kind, hyper = SMOOTH_CASES[case]
     model = make(kind, hyper, dtype)
     wrapper = EdgeForceModel(model)

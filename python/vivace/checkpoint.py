@@ -9,7 +9,10 @@ import torch
 from .models import build_model, load_weights
 
 FORMAT = "vivace-checkpoint"
-VERSION = 2  # 2: the cohesion baseline's form is a hyperparameter (version 1 meant "quadratic")
+# 2: the cohesion baseline's form is a hyperparameter (version 1 meant "quadratic"); 3: Allegro's two-body
+# embedding and layer envelope are hyperparameters whose defaults changed (before: "concat" and true), and the
+# cohesion form's default is "none" (before: "sqrt")
+VERSION = 3
 
 
 def save_checkpoint(path: str, payload: Dict[str, Any]) -> None:
@@ -39,9 +42,14 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
         raise ValueError(f"'{path}' is not a readable vivace checkpoint: {e}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"'{path}' is not a vivace checkpoint")
-    hyper = payload.get("model", {}).get("hyperparameters", {})
-    if payload.get("format_version", 1) < 2 and hyper.get("cohesion") and "cohesion_form" not in hyper:
-        hyper["cohesion_form"] = "quadratic"
+    spec = payload.get("model", {})
+    hyper = spec.get("hyperparameters", {})
+    version = payload.get("format_version", 1)
+    if version < 3 and hyper.get("cohesion"):
+        hyper.setdefault("cohesion_form", "quadratic" if version < 2 else "sqrt")
+    if version < 3 and spec.get("kind") == "allegro":
+        hyper.setdefault("two_body_embedding", "concat")
+        hyper.setdefault("layer_envelope", True)
     return payload
 
 

@@ -91,7 +91,7 @@ CHOICES = {
     "model.dtype": ("float32", "float64"),
     "training.dtype": ("float32", "float64"),
     "model.neighbor_normalization": ("global", "per_type"),
-    "model.cohesion_form": ("sqrt", "quadratic"),
+    "model.cohesion_form": ("sqrt", "quadratic", "none"),
     "model.readout_latents": ("all", "last"),
     "model.two_body_embedding": ("concat", "product"),
     "training.loss": ("mse", "huber"),

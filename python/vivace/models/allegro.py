@@ -6,11 +6,12 @@ density of the center's neighborhood, rho_i = sum_k w_ik Y(r_ik) / sqrt(avg neig
 energy of atom i is a sum of edge energies over its own edges, so E_i depends only on atoms within the
 cutoff of i.
 
-The envelope u(r) (1 at short range, vanishing with two derivatives at the cutoff) multiplies the two-body
-latents and, by default (layer_envelope), every layer's latent update again, so a second neighbor shell is damped
-as u^k (for Cu at r_max 5, u = 0.39 at 3.6 A). With the "product" two-body embedding, [e_center, e_neighbor] *
-W B(r) u(r) (upstream's form), every quantity of an edge is a bias-free function of quantities that vanish with u,
-and layer_envelope false applies it only once, through the radial basis.
+The envelope u(r) (1 at short range, vanishing with two derivatives at the cutoff) enters once, through the
+radial basis: the two-body embedding is [e_center, e_neighbor] * W B(r) u(r) ("product", upstream's form), so
+every quantity of an edge is a bias-free function of quantities that vanish with u. The older form ("concat")
+reads [B(r), e_center, e_neighbor], whose two-body output must be multiplied by u, and layer_envelope true
+multiplies every layer's latent update by u again, which damps a second neighbor shell as u^k (for Cu at r_max
+5, u = 0.39 at 3.6 A): checkpoints written before version 3 of the format are that network.
 """
 
 import math
@@ -150,8 +151,8 @@ class Allegro(nn.Module):
         readout_hidden: List[int] = [32],
         latent_update: str = "concat",
         readout_latents: str = "last",
-        two_body_embedding: str = "concat",
-        layer_envelope: bool = True,
+        two_body_embedding: str = "product",
+        layer_envelope: bool = False,
         avg_num_neighbors: Union[float, List[float]] = 10.0,
         edge_type_cutoffs: Optional[CutoffSpec] = None,
         energy_shift: List[float] = [],
@@ -160,7 +161,7 @@ class Allegro(nn.Module):
         units: str = "metal",
         cohesion: List[float] = [],
         mean_coordination: List[float] = [],
-        cohesion_form: str = "sqrt",
+        cohesion_form: str = "none",
     ):
         super().__init__()
         if not 0 <= l_max <= 3:

@@ -88,7 +88,7 @@ class EdgeGeometry(nn.Module):
         return r, envelope, basis, self.sh(edge_vectors.to(dtype))
 
 
-COHESION_FORMS = ("sqrt", "quadratic")
+COHESION_FORMS = ("sqrt", "quadratic", "none")
 
 
 def cohesion_profile(x: torch.Tensor, form: str, eps: float = 0.1) -> torch.Tensor:
@@ -99,7 +99,8 @@ def cohesion_profile(x: torch.Tensor, form: str, eps: float = 0.1) -> torch.Tens
     first order (a vacancy alone costs about half the cohesion c), and the attraction it exerts is left for the
     network's pair repulsion to balance; eps keeps the force's derivative finite as x -> 0.
     "quadratic": x (2 - x), stationary at x = 1 (no force or stress at the mean coordination), but a vacancy
-    costs it only to second order (under a tenth of c), leaving the network almost all of the defect energy."""
+    costs it only to second order (under a tenth of c), leaving the network almost all of the defect energy.
+    ("none", the default, has no baseline: EnergyHead takes no cohesion with it.)"""
     if form == "sqrt":
         return (torch.sqrt(x + eps * eps) - eps) / ((1.0 + eps * eps) ** 0.5 - eps)
     return x * (2.0 - x)
@@ -124,12 +125,14 @@ class EnergyHead(nn.Module):
         units: str,
         cohesion: List[float] = [],
         mean_coordination: List[float] = [],
-        cohesion_form: str = "sqrt",
+        cohesion_form: str = "none",
     ):
         super().__init__()
         unit_style(units)  # refuses a style vivace does not support, by name
         if cohesion_form not in COHESION_FORMS:
             raise ValueError(f"cohesion_form must be one of {', '.join(COHESION_FORMS)}, not '{cohesion_form}'")
+        if cohesion and cohesion_form == "none":
+            raise ValueError("a cohesion baseline needs a cohesion_form (sqrt or quadratic), not 'none'")
         self.cohesion_form = cohesion_form
         self.scale_shift = PerSpeciesScaleShift(len(type_names), energy_scale, energy_shift)
         num_types = len(type_names)

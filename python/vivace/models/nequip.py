@@ -219,7 +219,7 @@ class NequIP(nn.Module):
         units: str = "metal",
         cohesion: List[float] = [],
         mean_coordination: List[float] = [],
-        cohesion_form: str = "sqrt",
+        cohesion_form: str = "none",
     ):
         super().__init__()
         if not 0 <= l_max <= 3:
