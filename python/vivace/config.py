@@ -26,8 +26,8 @@ DEFAULTS: Dict[str, Any] = {
         "dtype": "float64",  # of the model that is evaluated, checkpointed for evaluation and exported
         "type_names": None,  # default: the elements of the data, by atomic number
         "neighbor_normalization": "global",  # or "per_type": 1/sqrt(avg neighbors of the center's type)
-        "isolated_atom_energies": None,  # {element: energy}: the shifts, plus a cohesion baseline fitted to the
-        # rest (atoms pulled apart approach these energies; its form: cohesion_form); default: least-squares shifts
+        "isolated_atom_energies": None,  # {element: energy}: the shifts (atoms pulled apart approach these
+        # energies), with a fitted cohesion baseline if cohesion_form is sqrt or quadratic; default: least-squares shifts
         # plus the hyperparameters of the chosen kind: see model_defaults()
     },
     "training": {
