@@ -65,11 +65,11 @@ def model_spec(config: Dict[str, Any], train_set: Sequence[Structure], type_name
         if missing:
             raise ValueError(f"model.isolated_atom_energies has no energy for {missing}")
         hyper["energy_shift"] = [float(isolated[t]) for t in type_names]
-        if hyper.get("cohesion_form", "sqrt") != "none":
+        if hyper.get("cohesion_form", "none") != "none":
             cutoffs = r_cut.numpy() if r_cut is not None else np.full((len(type_names),) * 2, float(mcfg["r_max"]))
             hyper["cohesion"], hyper["mean_coordination"] = statistics.cohesion_baseline(
                 train_set, len(type_names), hyper["energy_shift"], cutoffs, float(hyper.get("polynomial_p", 6)),
-                hyper.get("cohesion_form", "sqrt"),
+                hyper["cohesion_form"],
             )
     else:
         hyper["energy_shift"] = statistics.energy_shifts(train_set, len(type_names))

@@ -103,7 +103,9 @@ def cohesion_profile(x: torch.Tensor, form: str, eps: float = 0.1) -> torch.Tens
     ("none", the default, has no baseline: EnergyHead takes no cohesion with it.)"""
     if form == "sqrt":
         return (torch.sqrt(x + eps * eps) - eps) / ((1.0 + eps * eps) ** 0.5 - eps)
-    return x * (2.0 - x)
+    if form == "quadratic":
+        return x * (2.0 - x)
+    raise ValueError("cohesion_profile: the form must be sqrt or quadratic")
 
 
 class EnergyHead(nn.Module):
