@@ -172,8 +172,11 @@ def test_stress_is_finite_strain_derivative(kind, dtype):
         assert abs(fd - stress[a, b]) <= tol * np.abs(stress).max()
 
 
-SMOOTH_CASES = {"allegro": ("allegro", HYPER), "nequip": ("nequip", NEQUIP_HYPER),
-                "allegro-envelope-every-layer": ("allegro", dict(HYPER, two_body_embedding="concat", layer_envelope=True))}
+SMOOTH_CASES = {
+    "allegro": ("allegro", HYPER),
+    "nequip": ("nequip", NEQUIP_HYPER),
+    "allegro-envelope-every-layer": ("allegro", dict(HYPER, two_body_embedding="concat", layer_envelope=True)),
+}
 
 
 @pytest.mark.parametrize("case", list(SMOOTH_CASES))

@@ -123,11 +123,12 @@ def test_early_stopping_and_plateau(tmp_path, data, capsys):
 
 
 def test_final_stage_raises_the_energy_weight_and_drops_the_learning_rate(tmp_path, data, capsys):
-    """From half the epochs on: energy weight 1000, learning rate 0.002, and best.ckpt is one of those epochs
+    """From half the epochs on: energy weight 10000, learning rate 0.002, and best.ckpt is one of those epochs
     even though forces (the monitor) were better before."""
     run = train(config(tmp_path, data, max_epochs=4, learning_rate=0.01, scheduler="none", final_stage_start=0.5,
-                       final_energy_weight=1000.0, final_learning_rate=0.002))  # fmt: skip
-    assert "final stage from epoch 3: energy weight 1000, stress weight 10, learning rate 0.002" in capsys.readouterr().out
+                       final_energy_weight=10000.0, final_learning_rate=0.002))  # fmt: skip
+    stage = "final stage from epoch 3: energy weight 10000, stress weight 10, learning rate 0.002"
+    assert stage in capsys.readouterr().out
     rows = read_metrics(os.path.join(run, "metrics.csv"))
     assert [r["lr"] for r in rows] == pytest.approx([0.01, 0.01, 0.002, 0.002])
     assert load_checkpoint(os.path.join(run, "best.ckpt"))["epoch"] >= 3
@@ -135,11 +136,11 @@ def test_final_stage_raises_the_energy_weight_and_drops_the_learning_rate(tmp_pa
     assert trainer["final_stage"] is True
 
     # the same two first epochs without the final stage give the same training loss; the third differs by the
-    # energy term's weight (the loss is a sum over terms, so a 1000x energy weight shows in the training loss)
+    # energy term's weight (the loss is a sum over terms, so a 10000x energy weight shows in the training loss)
     plain = read_metrics(os.path.join(train(config(tmp_path, data, run="plain", max_epochs=3, learning_rate=0.01,
                                                    scheduler="none", final_stage_start=None)), "metrics.csv"))  # fmt: skip
     assert [r["train_loss"] for r in plain[:2]] == pytest.approx([r["train_loss"] for r in rows[:2]], rel=1e-6)  # float32
-    assert rows[2]["train_loss"] > 2 * plain[2]["train_loss"]
+    assert rows[2]["train_loss"] > 5 * plain[2]["train_loss"]
 
     with pytest.raises(ValueError, match="final_stage_start"):
         load_config(config(tmp_path, data, final_stage_start=1.5))
@@ -154,7 +155,7 @@ def test_final_stage_stress_weight(tmp_path, data, capsys):
     plain = read_metrics(os.path.join(train(config(tmp_path, data, run="plain", final_stage_start=None, **common)),
                                       "metrics.csv"))  # fmt: skip
     assert [r["train_loss"] for r in plain[:2]] == pytest.approx([r["train_loss"] for r in rows[:2]], rel=1e-6)
-    assert rows[2]["train_loss"] > 2 * plain[2]["train_loss"]
+    assert rows[2]["train_loss"] > 5 * plain[2]["train_loss"]
 
 
 def test_loss_terms_weights_and_huber(data):

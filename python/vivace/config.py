@@ -27,7 +27,8 @@ DEFAULTS: Dict[str, Any] = {
         "type_names": None,  # default: the elements of the data, by atomic number
         "neighbor_normalization": "global",  # or "per_type": 1/sqrt(avg neighbors of the center's type)
         "isolated_atom_energies": None,  # {element: energy}: the shifts (atoms pulled apart approach these
-        # energies), with a fitted cohesion baseline if cohesion_form is sqrt or quadratic; default: least-squares shifts
+        # energies), with a fitted cohesion baseline if cohesion_form is sqrt or quadratic; default: least-squares
+        # shifts
         # plus the hyperparameters of the chosen kind: see model_defaults()
     },
     "training": {
