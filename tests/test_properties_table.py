@@ -55,3 +55,12 @@ def test_median_and_spread_over_seeds(bench):
 
     x = rows["X_phonons"]  # the seed with the median worst error (1.3%) stands for the seeds
     assert x[5:8] == ["5.00", "7.50", f"{100 * 0.1 / 7.6:+.2f}%"]  # after the reference's two values
+
+
+@pytest.mark.parametrize("size", ["small", "default"])
+def test_both_codes_train_the_same_network_at_each_systems_cutoff(bench, size):
+    for key, system in bench.SYSTEMS.items():
+        ours, theirs = bench.network(system, size), bench.network(system, size, upstream=True)
+        assert ours["r_max"] == theirs["r_max"] == system.r_max
+        assert ours.get("l_max") == theirs.get("l_max") == (system.l_max if size == "small" else None)
+    assert bench.SYSTEMS["si"].r_max == 4.0  # Stillinger-Weber's reach, 3.77 A, is short of Si's second shell

@@ -33,7 +33,12 @@ def test_sheared_frames_have_the_potentials_energy_forces_and_stress(tmp_path):
     assert still.energy == pytest.approx(rest.get_potential_energy(), rel=1e-12)
     assert still.energy < atoms.get_potential_energy()
     assert abs(atoms.cell.angles() - 90).max() > 0.5  # really triclinic
-    np.testing.assert_allclose(np.diag(atoms.cell.array), 3 * 3.615 * np.array([1.015, 0.99, 1.02]), rtol=1e-12)
+    lengths = 3 * 3.615 * np.array([1.015, 0.99, 1.02])
+    np.testing.assert_allclose(np.diag(atoms.cell.array), lengths, rtol=1e-12)
+    # tilts xy, xz, yz as fractions of the box lengths (ASE's cell rows: b = (xy, ly, 0), c = (xz, yz, lz))
+    cell = atoms.cell.array
+    np.testing.assert_allclose([cell[1, 0], cell[2, 0], cell[2, 1]], [0.02 * lengths[1], -0.03 * lengths[2], 0.01 * lengths[2]],
+                               rtol=1e-12)  # fmt: skip
     point = single_point(atoms, EAM, ["Cu"], str(tmp_path / "sp"))
     assert point.energy == pytest.approx(atoms.get_potential_energy(), rel=1e-12)
     np.testing.assert_allclose(point.forces, atoms.get_forces(), atol=1e-9)

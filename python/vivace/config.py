@@ -52,7 +52,7 @@ DEFAULTS: Dict[str, Any] = {
         # along) on, the energy weighs final_energy_weight (the stress final_stress_weight, null: unchanged) and
         # the learning rate drops to final_learning_rate; best.ckpt is then chosen among its epochs. null for none
         "final_stage_start": 0.6,
-        "final_energy_weight": 30.0,
+        "final_energy_weight": 100.0,
         "final_stress_weight": 10.0,
         "final_learning_rate": 0.001,
         "ema_decay": 0.99,  # per step, warmed up (warmed_ema); null for none. Validation, best.ckpt, export use it

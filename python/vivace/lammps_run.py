@@ -141,14 +141,15 @@ def read_dump_frames(path: str) -> List[np.ndarray]:
 def deformation_commands(strain=0.0, shear: Sequence[float] = (0.0, 0.0, 0.0)) -> str:
     """LAMMPS commands that scale the box by 1 + strain along each axis (one strain for all three, or one per
     axis), then tilt it by the shear strains (xy, xz, yz, as fractions of the box lengths), atoms remapped with
-    the box."""
+    the box. (change_box reads lengths in lattice units unless told otherwise: before `units box`, every tilt
+    was the lattice constant in A times too large.)"""
     sx, sy, sz = (strain,) * 3 if np.isscalar(strain) else strain
     lines = [f"change_box all x scale {1 + sx} y scale {1 + sy} z scale {1 + sz} remap"]
     if any(shear):
         xy, xz, yz = shear
         lines += [
             "change_box all triclinic",
-            f"change_box all xy final $(({xy})*ly) xz final $(({xz})*lz) yz final $(({yz})*lz) remap",
+            f"change_box all xy final $(({xy})*ly) xz final $(({xz})*lz) yz final $(({yz})*lz) remap units box",
         ]
     return "\n".join(lines)
 
