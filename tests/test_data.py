@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import HYPER, R_MAX, TYPE_NAMES, emt_frames
+from conftest import HYPER, R_MAX, TYPE_NAMES, emt_frames, make_checkpoint
 from vivace.models import build_model
 from vivace import statistics
 from vivace.config import ConfigError, load_config
@@ -421,15 +421,10 @@ def test_a_version_2_checkpoint_keeps_its_allegro_network(tmp_path, frames):
     import torch
 
     from vivace.calculators import VivaceCalculator
-    from vivace.checkpoint import save_checkpoint
 
     hyper = dict(HYPER, energy_shift=[-0.5, -0.25], energy_scale=[1.0, 1.0], two_body_embedding="concat",
                  layer_envelope=True)  # fmt: skip
-    torch.manual_seed(0)
-    model = build_model("allegro", hyper, TYPE_NAMES, "float64")
-    spec = {"kind": "allegro", "hyperparameters": hyper, "type_names": TYPE_NAMES, "dtype": "float64", "units": "metal"}
-    save_checkpoint(str(tmp_path / "new.ckpt"), {"model": spec, "state_dict": model.state_dict()})
-    payload = torch.load(str(tmp_path / "new.ckpt"), weights_only=False)
+    payload = torch.load(make_checkpoint(str(tmp_path / "new.ckpt"), hyper=hyper), weights_only=False)
     for key in ("two_body_embedding", "layer_envelope"):
         del payload["model"]["hyperparameters"][key]
     payload["format_version"] = 2

@@ -141,8 +141,8 @@ def read_dump_frames(path: str) -> List[np.ndarray]:
 def deformation_commands(strain=0.0, shear: Sequence[float] = (0.0, 0.0, 0.0)) -> str:
     """LAMMPS commands that scale the box by 1 + strain along each axis (one strain for all three, or one per
     axis), then tilt it by the shear strains (xy, xz, yz, as fractions of the box lengths), atoms remapped with
-    the box. (change_box reads lengths in lattice units unless told otherwise: before `units box`, every tilt
-    was the lattice constant in A times too large.)"""
+    the box. The tilts are given in A (`units box`): change_box's default, lattice units, would multiply them by
+    the lattice constant."""
     sx, sy, sz = (strain,) * 3 if np.isscalar(strain) else strain
     lines = [f"change_box all x scale {1 + sx} y scale {1 + sy} z scale {1 + sz} remap"]
     if any(shear):
