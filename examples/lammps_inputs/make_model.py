@@ -3,7 +3,7 @@
 stresses), a short `vivace train`, then `vivace export`.
 
     cd examples/lammps_inputs
-    python make_model.py                    # ~6 minutes on 2 cores: writes alcu_allegro.pt2
+    python make_model.py                    # ~4 minutes on 2 cores: writes alcu_allegro.pt2
     python make_model.py --kind nequip      # writes alcu_nequip.pt2 (for pair_style nequip)
     python make_model.py --minutes 10 --format pth
 
