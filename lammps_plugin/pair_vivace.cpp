@@ -64,11 +64,13 @@ void PairVivace::allocate() {
     for (int j = 0; j < n; j++) setflag[i][j] = 0;
 }
 
-// pair_style allegro [threads N] [chunk N] | pair_style nequip [threads N] [chunk N] [shell]
+// pair_style allegro [threads N] [chunk N] [short_pairs warn|error|off] | pair_style nequip [...] [shell]
 // chunk: edges per group of centers the model runs on (allegro; nequip exchanging features), 0: all at once
+// short_pairs: what a pair closer than the training data's shortest distance for its types brings (header)
 void PairVivace::settings(int narg, char **arg) {
   requested_threads = 0;
   requested_chunk = -1;
+  short_pairs = ShortPairs::warn;
   shell = false;
   int iarg = 0;
   while (iarg < narg) {
@@ -86,8 +88,15 @@ void PairVivace::settings(int narg, char **arg) {
       requested_chunk = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
       if (requested_chunk < 0) error->all(FLERR, "pair_style {}: chunk must be 0 (whole graph) or positive", kind);
       iarg += 2;
+    } else if (strcmp(arg[iarg], "short_pairs") == 0) {
+      const std::string mode = iarg + 1 < narg ? arg[iarg + 1] : "";
+      if (mode == "warn") short_pairs = ShortPairs::warn;
+      else if (mode == "error") short_pairs = ShortPairs::error;
+      else if (mode == "off") short_pairs = ShortPairs::off;
+      else error->all(FLERR, "pair_style {}: 'short_pairs' takes warn, error or off", kind);
+      iarg += 2;
     } else {
-      error->all(FLERR, "pair_style {}: unknown keyword '{}' (known: threads, chunk{})", kind, arg[iarg],
+      error->all(FLERR, "pair_style {}: unknown keyword '{}' (known: threads, chunk, short_pairs{})", kind, arg[iarg],
                  kind == "nequip" ? ", shell" : "");
     }
   }
@@ -179,6 +188,9 @@ void PairVivace::coeff(int narg, char **arg) {
       cutsq_by_type[a * T + b] = meta.cutoff(a, b) * meta.cutoff(a, b);
       max_cutoff = std::max(max_cutoff, meta.cutoff(a, b));
     }
+  shortestsq_by_type.clear();
+  if (short_pairs != ShortPairs::off && short_pairs_supported)
+    for (double d : meta.shortest_distances) shortestsq_by_type.push_back(d * d);
   depth = std::max(1, meta.message_passing_depth);
   int widest = 0;
   for (int w : meta.feature_widths) widest = std::max(widest, w);
@@ -196,6 +208,20 @@ void PairVivace::coeff(int narg, char **arg) {
     utils::logmesg(lmp, "pair_style {}: loaded {} ({}, {}, r_max {}, units {}, message-passing depth {})\n", kind,
                    path, model->format(), meta.model_dtype, meta.r_max, meta.units, depth);
     utils::logmesg(lmp, "pair_style {}: LAMMPS type -> element:{}\n", kind, mapping);
+    if (meta.shortest_distances.empty()) {
+      utils::logmesg(lmp, "pair_style {}: the artifact does not say how close its training data's atoms came "
+                          "(exported by an older vivace): pairs are not checked\n", kind);
+    } else if (!short_pairs_supported) {
+      utils::logmesg(lmp, "pair_style {}: this style does not check pairs against the training data's shortest "
+                          "distances (pair_style {} without the Kokkos suffix does)\n", kind, kind);
+    } else if (short_pairs != ShortPairs::off) {
+      std::string pairs;
+      for (int a = 0; a < T; a++)
+        for (int b = a; b < T; b++)
+          pairs += fmt::format(" {}-{} {:.3f}", meta.type_names[a], meta.type_names[b], meta.shortest_distances[a * T + b]);
+      utils::logmesg(lmp, "pair_style {}: {} when a pair comes under 0.9 of its elements' shortest distance in the "
+                          "training data (A):{}\n", kind, short_pairs == ShortPairs::error ? "stops" : "warns", pairs);
+    }
     std::string placement;
     for (int r = 0; r < comm->nprocs; r++)
       placement += devices[r] < 0 ? std::string(" cpu") : fmt::format(" cuda:{}", devices[r]);
@@ -248,6 +274,9 @@ void PairVivace::init_style() {
                    requested_threads ? "pair_style threads" : "OMP_NUM_THREADS");
   seconds_total = seconds_graph = seconds_model = 0.0;
   calls = 0;
+  closest_run = ClosePair();
+  next_warning = 0.9;
+  short_steps = 0;
 }
 
 double PairVivace::init_one(int i, int j) {
@@ -277,6 +306,8 @@ void PairVivace::build_graph() {
 
   const int hops = shell ? depth : 1;
   const bool merge_images = kind == "nequip" && !shell;
+  const bool check = checks_short_pairs();
+  closest_step = ClosePair();
   node_of_atom.assign(nall, -1);
   atom_of_node.clear();
   node_type.clear();
@@ -327,7 +358,9 @@ void PairVivace::build_graph() {
         const int tj = type_map[type[j]];
         if (tj < 0) continue;
         const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-        if (dx * dx + dy * dy + dz * dz >= cutsq_by_type[ti * T + tj]) continue;
+        const double rsq = dx * dx + dy * dy + dz * dz;
+        if (rsq >= cutsq_by_type[ti * T + tj]) continue;
+        if (check && rsq < shortestsq_by_type[ti * T + tj]) note_short_pair(i, j, ti, tj, rsq);
         edge_center.push_back(static_cast<int64_t>(n));
         edge_neighbor.push_back(node_of_neighbor(j));
         edge_atom.push_back(j);
@@ -342,6 +375,7 @@ void PairVivace::compute(int eflag, int vflag) {
   const double start = platform::walltime();
   ev_init(eflag, vflag);
   build_graph();
+  if (checks_short_pairs()) check_short_pairs();
   const double built = platform::walltime();
 
   vivace::Graph g;
@@ -441,6 +475,39 @@ void PairVivace::report_non_finite() {
   }
 }
 
+void PairVivace::note_short_pair(int i, int j, int ti, int tj, double rsq) {
+  const double shortestsq = shortestsq_by_type[ti * model->metadata().num_types() + tj];
+  const double ratio = std::sqrt(rsq / shortestsq);
+  if (ratio >= closest_step.ratio) return;
+  closest_step = {ratio, std::sqrt(rsq), std::sqrt(shortestsq), atom->tag[i], atom->tag[j], ti, tj, update->ntimestep};
+}
+
+// Collective: the step's closest pair over all ranks, warned about (or stopped at) below the next tenth.
+void PairVivace::check_short_pairs() {
+  struct {
+    double ratio;
+    int rank;
+  } mine{closest_step.ratio, comm->me}, closest;
+  MPI_Allreduce(&mine, &closest, 1, MPI_DOUBLE_INT, MPI_MINLOC, world);
+  if (closest_step.ratio < closest_run.ratio) closest_run = closest_step;
+  if (closest.ratio >= 1.0) return;
+  short_steps++;
+  if (closest.ratio >= next_warning) return;
+  ClosePair pair = closest_step;
+  MPI_Bcast(&pair, sizeof(ClosePair), MPI_BYTE, closest.rank, world);
+  if (short_pairs == ShortPairs::error)
+    error->all(FLERR, "pair_style {}: {}; stopped by short_pairs error", kind, describe(pair));
+  if (comm->me == 0) error->warning(FLERR, "pair_style {}: {}: the model is extrapolating", kind, describe(pair));
+  next_warning = std::floor(10.0 * pair.ratio) / 10.0;
+}
+
+std::string PairVivace::describe(const ClosePair &p) const {
+  const auto &names = model->metadata().type_names;
+  return fmt::format("atoms {} and {} ({}-{}) are {:.3f} A apart at step {}, {:.2f} of the shortest {}-{} distance "
+                     "in the model's training data ({:.3f} A)",
+                     p.i, p.j, names[p.ti], names[p.tj], p.r, p.step, p.ratio, names[p.ti], names[p.tj], p.shortest);
+}
+
 // Ghost nodes' rows from their owners: local nodes' rows onto their atoms, LAMMPS's forward communication
 // (which also relays rows through ghosts that are no node here), then the ghost nodes' atoms.
 void PairVivace::fill_ghost_rows(double *rows, int width) {
@@ -490,6 +557,22 @@ void PairVivace::unpack_reverse_comm(int n, int *list, double *buf) {
 
 // At the end of a run: where the pair style's time went, averaged over ranks.
 void PairVivace::finish() {
+  if (checks_short_pairs()) {
+    struct {
+      double ratio;
+      int rank;
+    } mine{closest_run.ratio, comm->me}, closest;
+    MPI_Allreduce(&mine, &closest, 1, MPI_DOUBLE_INT, MPI_MINLOC, world);
+    if (closest.ratio < 1.0) {
+      ClosePair pair = closest_run;
+      MPI_Bcast(&pair, sizeof(ClosePair), MPI_BYTE, closest.rank, world);
+      if (comm->me == 0)
+        utils::logmesg(lmp,
+                       "pair_style {}: {} of {} force calls had a pair closer than the training data's shortest "
+                       "distance for its elements; the closest: {}\n",
+                       kind, short_steps, calls, describe(pair));
+    }
+  }
   double mine[4] = {seconds_total, seconds_graph, seconds_model, static_cast<double>(calls)};
   double sum[4];
   MPI_Allreduce(mine, sum, 4, MPI_DOUBLE, MPI_SUM, world);

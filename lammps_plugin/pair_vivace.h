@@ -16,6 +16,7 @@
 
 #include "model.h"
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -59,6 +60,24 @@ class PairVivace : public Pair {
   bool newton_off_supported = false;   // the style sends forces on ghosts to their owners itself
   int64_t num_local_nodes = 0;  // nodes [0, num_local_nodes) are local atoms
 
+  // Pairs closer than the training data's shortest distance for their types: there the model extrapolates.
+  // Each step the closest such pair over all ranks is found; a warning (or, with short_pairs error, an error)
+  // comes when it is under 0.9 of that distance, and again at each further tenth; finish() sums up the run.
+  enum class ShortPairs { off, warn, error };
+  struct ClosePair {
+    double ratio = HUGE_VAL;  // distance / the data's shortest distance for the pair's types
+    double r = 0.0, shortest = 0.0;
+    tagint i = 0, j = 0;
+    int ti = 0, tj = 0;
+    bigint step = 0;
+  };
+  ShortPairs short_pairs = ShortPairs::warn;
+  bool short_pairs_supported = true;       // allegro/kk does not look for them yet
+  std::vector<double> shortestsq_by_type;  // model type pair -> squared shortest distance; 0: unchecked
+  ClosePair closest_step, closest_run;     // this rank's closest pair of the step, of the run
+  double next_warning = 0.9;
+  bigint short_steps = 0;  // steps of this run with some pair under the data's shortest distance
+
   // Per-step scratch, reused between steps.
   std::vector<int> node_of_atom, atom_of_node;  // a node's atom: for a merged or exchanged ghost, one image
   std::vector<int> edge_atom;                    // the neighbor atom (local or ghost) of each edge
@@ -79,6 +98,10 @@ class PairVivace : public Pair {
   void build_graph();
   void tally();
   void report_non_finite();
+  bool checks_short_pairs() const { return !shortestsq_by_type.empty(); }  // filled unless off or unknown
+  void note_short_pair(int i, int j, int ti, int tj, double rsq);
+  void check_short_pairs();
+  std::string describe(const ClosePair &p) const;
 };
 
 }  // namespace LAMMPS_NS

@@ -86,11 +86,11 @@ def test_wrong_artifact_extension(tmp_path, artifact):
 
 def test_bad_pair_style_keyword(tmp_path, artifact):
     message = lammps_error(tmp_path, f"pair_coeff * * {artifact('allegro')} Al Cu", pair_style="pair_style allegro fast")
-    assert "unknown keyword 'fast' (known: threads, chunk)" in message
+    assert "unknown keyword 'fast' (known: threads, chunk, short_pairs)" in message
     message = lammps_error(tmp_path, f"pair_coeff * * {artifact('allegro')} Al Cu", pair_style="pair_style allegro chunk -5")
     assert "chunk must be 0 (whole graph) or positive" in message
     message = lammps_error(tmp_path, f"pair_coeff * * {artifact('nequip')} Al Cu", pair_style="pair_style nequip fast")
-    assert "unknown keyword 'fast' (known: threads, chunk, shell)" in message
+    assert "unknown keyword 'fast' (known: threads, chunk, short_pairs, shell)" in message
 
 
 def test_config_errors(tmp_path):

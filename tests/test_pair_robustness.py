@@ -188,3 +188,55 @@ def test_chunk_keyword(artifact, reference, tmp_path):
         lmp = single_point(alloy("triclinic"), pair_lines("allegro", artifact("allegro"), chunk=chunk), TYPE_NAMES,
                            str(tmp_path / str(chunk)), nprocs=3)
         assert_lammps_matches(lmp, reference("allegro", "triclinic"))
+
+
+def approaching_dimer(tmp_path, kind, nprocs, mode=""):
+    """An Al-Cu dimer 3.0 A apart (Al on rank 0, Cu on rank 1 with two ranks), the Cu atom driven towards the Al
+    by 0.15 A a step for 10 steps, under a model whose training data's shortest distance is 3.05 A."""
+    from vivace.export import export
+
+    checkpoint = make_checkpoint(str(tmp_path / "model.ckpt"), kind=kind, shortest_distances=np.full((2, 2), 3.05))
+    path = export(checkpoint, str(tmp_path / "model.pth"))
+    write_data(boxed(["Al", "Cu"], [[8.5, 10, 10], [11.5, 10, 10]], 20.0), str(tmp_path / "data.lmp"), TYPE_NAMES)
+    script = f"""units metal
+atom_style atomic
+processors {nprocs} 1 1
+read_data {tmp_path / 'data.lmp'}
+{pair_lines(kind, path, options=mode)}
+neigh_modify every 1 delay 0 check yes
+group cu type 2
+fix drive cu move linear -150.0 0.0 0.0
+thermo 1
+run 10
+"""
+    return run_lammps(script, str(tmp_path / "lmp"), nprocs=nprocs)
+
+
+@pytest.mark.parametrize("kind,nprocs", [("allegro", 1), ("allegro", 2), ("nequip", 2)])
+def test_pairs_closer_than_the_training_data(tmp_path, kind, nprocs):
+    """The artifact carries the training data's shortest distance per pair of types. A pair under 0.9 of it is
+    warned about, naming the atoms, the step and the ratio, and again under each further tenth: here at steps
+    2, 4, 6, 8 and 10 (distance 3.0 - 0.15 k over 3.05 A). The end of the run sums up; the warnings come once
+    whichever rank holds the pair."""
+    log = approaching_dimer(tmp_path, kind, nprocs)
+    warned = re.findall(rf"WARNING: pair_style {kind}: atoms [12] and [12] \(\w\w-\w\w\) are ([\d.]+) A apart at step "
+                        r"(\d+), ([\d.]+) of the shortest \w\w-\w\w distance in the model's training data \(3.050 A\)", log)
+    distances = [3.0 - 0.15 * k for k in (2, 4, 6, 8, 10)]
+    assert [int(s) for _, s, _ in warned] == [2, 4, 6, 8, 10], log
+    np.testing.assert_allclose([float(r) for r, _, _ in warned], distances, atol=1e-3)
+    np.testing.assert_allclose([float(q) for _, _, q in warned], np.array(distances) / 3.05, atol=0.005)
+    assert f"pair_style {kind}: 11 of 11 force calls had a pair closer than the training data's shortest" in log
+    assert "are 1.500 A apart at step 10, 0.49 of the shortest" in log
+
+
+def test_short_pairs_error_and_off(tmp_path):
+    """short_pairs error stops the run at the first step under 0.9 of the data's shortest distance, from
+    whichever rank holds the pair; short_pairs off neither warns nor sums up."""
+    from vivace.lammps_run import LammpsError
+
+    with pytest.raises(LammpsError) as info:
+        approaching_dimer(tmp_path / "error", "allegro", 2, " short_pairs error")
+    assert "are 2.700 A apart at step 2, 0.89 of the shortest Al-Cu distance" in str(info.value)
+    assert "stopped by short_pairs error" in str(info.value)
+    log = approaching_dimer(tmp_path / "off", "allegro", 1, " short_pairs off")
+    assert "training data" not in log and "Loop time" in log

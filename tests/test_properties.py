@@ -154,6 +154,7 @@ def test_copper_liquid_rdf(relaxed):
     rdf = liquid_rdf(c, workdir, 1600, a, steps=3000)
     assert rdf.first_peak == pytest.approx(a / np.sqrt(2), rel=0.06)  # near the crystal's neighbour distance
     assert abs(rdf.first_peak - rdf.r[np.argmax(rdf.g)]) < rdf.r[1] - rdf.r[0]
+    assert 0.6 * rdf.first_peak < rdf.onset < 0.95 * rdf.first_peak and rdf.g[rdf.r < rdf.onset].sum() == 0
     far = rdf.r > 5.0
     assert np.all(np.abs(rdf.g[far] - 1) < 0.3)  # no long-range order left: molten
 
@@ -185,3 +186,15 @@ def test_rdf_peak_of_a_collapsed_liquid_is_its_first_bin():
     r = np.linspace(0.05, 6.0, 120)
     assert _parabola_peak(r, np.exp(-r)) == r[0]  # atoms on top of each other: g(r) largest at the first bin
     assert _parabola_peak(r, np.exp(-((r - 2.5) ** 2))) == pytest.approx(2.5, abs=1e-3)
+
+
+def test_rdf_onset_is_the_first_occupied_bin():
+    from vivace.properties import _onset
+
+    r = np.linspace(0.05, 6.0, 120)
+    liquid = np.where(r > 2.0, np.exp(-((r - 2.5) ** 2)), 0.0)
+    assert _onset(r, liquid) == r[np.argmax(r > 2.0)]
+    collapsed = liquid.copy()
+    collapsed[2] = 0.15  # one pair 0.15 A apart
+    assert _onset(r, collapsed) == r[2]
+    assert np.isnan(_onset(r, np.zeros_like(r)))

@@ -247,6 +247,48 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, data):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def shortest_by_pair(frames):
+    """Brute force: the shortest minimum-image distance between atoms of each pair of types."""
+    out = np.full((len(TYPE_NAMES),) * 2, np.inf)
+    for atoms in frames:
+        d = atoms.get_all_distances(mic=True)
+        np.fill_diagonal(d, np.inf)
+        t = np.array([TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()])
+        for a in range(len(TYPE_NAMES)):
+            for b in range(len(TYPE_NAMES)):
+                out[a, b] = min(out[a, b], d[np.ix_(t == a, t == b)].min())
+    return out
+
+
+def test_shortest_distances_travel_to_the_calculator(tmp_path, data):
+    """The checkpoint carries the training set's shortest distance per pair of types, the artifact carries it
+    too, and the ASE calculator warns when a structure comes under 0.9 of it (not on the training data)."""
+    import warnings
+
+    from vivace.calculators import ExtrapolationWarning, VivaceCalculator
+    from vivace.export import export
+
+    run = train(config(tmp_path, data, max_epochs=1))
+    spec = load_checkpoint(os.path.join(run, "best.ckpt"))["model"]
+    frames = ase.io.read(data / "train.xyz", ":")
+    np.testing.assert_allclose(spec["shortest_distances"], shortest_by_pair(frames), rtol=1e-12)
+    artifact = export(os.path.join(run, "best.ckpt"), str(tmp_path / "model.pth"))
+    for model in (os.path.join(run, "best.ckpt"), artifact):
+        calc = VivaceCalculator(model)
+        if model == artifact:
+            table = [float(d) for d in calc.backend.model.metadata["shortest_distances"].split()]
+            np.testing.assert_allclose(np.reshape(table, (2, 2)), spec["shortest_distances"], rtol=1e-15)
+        atoms = frames[0].copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ExtrapolationWarning)
+            atoms.calc = calc
+            atoms.get_potential_energy()
+        atoms.set_cell(atoms.cell * 0.8, scale_atoms=True)
+        atoms.calc = calc
+        with pytest.warns(ExtrapolationWarning, match=r"\(\w\w-\w\w\) are [\d.]+ A apart, 0\.[78]\d of the shortest"):
+            atoms.get_potential_energy()
+
+
 def test_fine_tuning(tmp_path, data):
     """A fine-tuning run starts from the checkpoint's weights: with learning rate 0 its validation errors are
     the checkpoint's own errors on the new data. New data with an element the model lacks is refused."""
@@ -267,6 +309,8 @@ def test_fine_tuning(tmp_path, data):
     reference = evaluate_checkpoint(os.path.join(first, "best.ckpt"), load_structures(str(tmp_path / "new.xyz"), TYPE_NAMES, R_MAX))
     for key in ("energy_mae", "force_rmse", "stress_mae"):
         assert row[key] == pytest.approx(reference[key], rel=1e-10)
+    shortest = [load_checkpoint(os.path.join(run, "best.ckpt"))["model"]["shortest_distances"] for run in (first, tuned)]
+    np.testing.assert_allclose(shortest[1], np.minimum(shortest[0], shortest_by_pair(ase.io.read(tmp_path / "new.xyz", ":"))), rtol=1e-12)
 
     zr = new[0].copy()
     zr.symbols[0] = "Zr"

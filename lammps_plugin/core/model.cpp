@@ -101,14 +101,20 @@ Metadata Metadata::parse(const std::map<std::string, std::string>& raw) {
   if (m.type_names.empty()) throw Error("artifact metadata lists no type names");
   m.r_max = to_double("r_max", get("r_max"));
   if (!(m.r_max > 0.0)) throw Error("artifact metadata r_max must be positive");
-  auto cut = raw.find("edge_type_cutoffs");
-  if (cut != raw.end() && !cut->second.empty()) {
-    for (const auto& w : split_words(cut->second)) m.edge_type_cutoffs.push_back(to_double("edge_type_cutoffs", w));
-    size_t t = m.type_names.size();
-    if (m.edge_type_cutoffs.size() != t * t)
-      throw Error("artifact metadata edge_type_cutoffs has " + std::to_string(m.edge_type_cutoffs.size()) +
-                  " entries, expected " + std::to_string(t * t));
-  }
+  // a (T, T) table of the type pairs, or nothing where the key is absent or empty
+  auto pair_table = [&](const std::string& key) {
+    std::vector<double> table;
+    auto it = raw.find(key);
+    if (it == raw.end()) return table;
+    for (const auto& w : split_words(it->second)) table.push_back(to_double(key, w));
+    const size_t t = m.type_names.size();
+    if (!table.empty() && table.size() != t * t)
+      throw Error("artifact metadata " + key + " has " + std::to_string(table.size()) + " entries, expected " +
+                  std::to_string(t * t));
+    return table;
+  };
+  m.edge_type_cutoffs = pair_table("edge_type_cutoffs");
+  m.shortest_distances = pair_table("shortest_distances");
   m.message_passing_depth = static_cast<int>(to_double("message_passing_depth", get("message_passing_depth")));
   auto group = raw.find("edges_per_group");
   if (group != raw.end()) m.edges_per_group = static_cast<int64_t>(to_double("edges_per_group", group->second));

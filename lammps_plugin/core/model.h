@@ -27,6 +27,7 @@ struct Metadata {
   std::vector<std::string> type_names;  // model type index -> element name
   double r_max = 0.0;
   std::vector<double> edge_type_cutoffs;  // T*T row-major (center, neighbor); empty: r_max for all
+  std::vector<double> shortest_distances;  // T*T: the training data's shortest distance per pair; empty: unknown
   int message_passing_depth = 1;
   int64_t edges_per_group = 0;  // the exporter's CPU group size (Allegro; NequIP's layer programs); 0: not given
   std::string model_dtype;  // "float32" | "float64"

@@ -87,6 +87,7 @@ PairAllegroKokkos<DeviceType>::PairAllegroKokkos(LAMMPS *lmp) : PairVivace(lmp, 
   datamask_modify = F_MASK | ENERGY_MASK | VIRIAL_MASK;
   centroidstressflag = CENTROID_NOTAVAIL;
   newton_off_supported = true;
+  short_pairs_supported = false;
   comm_reverse = 9;  // force and per-atom virial of ghosts, newton off
   if (memory_device<DeviceType>() >= 0) preferred_cuda_device = memory_device<DeviceType>();
 }

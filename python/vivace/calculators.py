@@ -1,7 +1,8 @@
 """ASE calculator for a vivace checkpoint (eager model) or an exported artifact (the C++ core)."""
 
 import os
-from typing import Tuple
+import warnings
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,6 +20,7 @@ class _EagerBackend:
         self.type_names = list(spec["type_names"])
         self.r_max = float(spec["hyperparameters"]["r_max"])
         self.units = spec.get("units", "metal")
+        self.shortest = spec.get("shortest_distances")
 
     def evaluate(self, vectors, edge_index, types, n_local):
         energy, forces = self.model(
@@ -35,6 +37,9 @@ class _ArtifactBackend:
         self.type_names = list(self.model.type_names)
         self.r_max = float(self.model.r_max)
         self.units = self.model.metadata.get("units", "metal")
+        table = [float(d) for d in self.model.metadata.get("shortest_distances", "").split()]
+        t = len(self.type_names)
+        self.shortest = np.reshape(table, (t, t)) if table else None
 
     def evaluate(self, vectors, edge_index, types, n_local):
         return self.model.evaluate(vectors, edge_index, types, n_local)
@@ -75,6 +80,39 @@ def atom_virials(edge_forces: np.ndarray, vectors: np.ndarray, edge_index: np.nd
     return virials
 
 
+class ExtrapolationWarning(UserWarning):
+    """Atoms closer than the model's training data ever put atoms of their elements."""
+
+
+class ShortPairWatch:
+    """Warns when a pair of atoms comes under 0.9 of the training data's shortest distance for their elements,
+    and again below each further tenth, as pair_style allegro and nequip do in LAMMPS."""
+
+    def __init__(self, shortest: Optional[Sequence[Sequence[float]]], type_names: Sequence[str]):
+        self.shortest = None if shortest is None else np.asarray(shortest, dtype=np.float64)
+        self.type_names = list(type_names)
+        self.next_warning = 0.9
+
+    def __call__(self, vectors: np.ndarray, edge_index: np.ndarray, types: np.ndarray) -> None:
+        if self.shortest is None or len(vectors) == 0:
+            return
+        ti, tj = types[edge_index[0]], types[edge_index[1]]
+        lengths = np.linalg.norm(vectors, axis=1)
+        ratio = lengths / self.shortest[ti, tj]
+        e = int(np.argmin(ratio))
+        if ratio[e] >= self.next_warning:
+            return
+        a, b = self.type_names[ti[e]], self.type_names[tj[e]]
+        warnings.warn(
+            f"atoms {edge_index[0, e]} and {edge_index[1, e]} ({a}-{b}) are {lengths[e]:.3f} A apart, {ratio[e]:.2f} "
+            f"of the shortest {a}-{b} distance in the model's training data ({self.shortest[ti[e], tj[e]]:.3f} A): "
+            "the model is extrapolating",
+            ExtrapolationWarning,
+            stacklevel=3,
+        )
+        self.next_warning = np.floor(10.0 * ratio[e]) / 10.0
+
+
 class VivaceCalculator(Calculator):
     """Energy, forces, stress, per-atom energies and per-atom stresses from a checkpoint or an artifact, in
     ASE's units (eV, eV/A, eV/A^3) whatever LAMMPS units style the model was trained in.
@@ -91,11 +129,14 @@ class VivaceCalculator(Calculator):
             raise FileNotFoundError(f"model file '{model}' does not exist")
         self.backend = load_backend(model)
         self.ev_per_energy_unit = unit_style(self.backend.units).energy_in_ev
+        self.watch = ShortPairWatch(self.backend.shortest, self.backend.type_names)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         energies, g, vectors, edge_index = edge_results(atoms, self.backend)
+        index = {name: k for k, name in enumerate(self.backend.type_names)}
+        self.watch(vectors, edge_index, np.array([index[s] for s in atoms.get_chemical_symbols()]))
         energies, g = energies * self.ev_per_energy_unit, g * self.ev_per_energy_unit
         forces = np.zeros((len(atoms), 3))
         np.add.at(forces, edge_index[0], g)

@@ -42,6 +42,8 @@ def artifact_metadata(
         "edges_per_group": str(model.edges_per_group),
         "model_dtype": spec["dtype"],
         "units": spec.get("units", "metal"),
+        # (center, neighbor) type pair -> the training data's shortest distance between such atoms; empty: unknown
+        "shortest_distances": " ".join(repr(float(d)) for row in spec.get("shortest_distances", []) for d in row),
         "device": device,
         "format": fmt,
         "tensor_product_kernel": kernel,

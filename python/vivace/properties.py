@@ -67,6 +67,7 @@ class RDF(_Unpackable):
     r: np.ndarray  # bin centres, A
     g: np.ndarray
     first_peak: float  # A
+    onset: float  # A: centre of the first bin with g(r) > 0, the closest approach sampled (a collapse shows here)
 
 
 # ---------------------------------------------------------------- LAMMPS input pieces
@@ -379,7 +380,7 @@ run {stage}
     folder = os.path.join(workdir, "liquid_rdf")
     run_lammps(script, folder)
     r, g = _read_rdf(os.path.join(folder, "rdf.dat"))
-    return RDF(r, g, _parabola_peak(r, g))
+    return RDF(r, g, _parabola_peak(r, g), _onset(r, g))
 
 
 def _read_rdf(path: str):
@@ -389,6 +390,12 @@ def _read_rdf(path: str):
     start = max(k for k, row in enumerate(rows) if len(row) == 2) + 1  # "timestep nrows" opens a block
     block = np.array(rows[start:], float)  # row, r, g(r), coordination
     return block[:, 1], block[:, 2]
+
+
+def _onset(r: np.ndarray, g: np.ndarray) -> float:
+    """Centre of the first bin where g(r) > 0 (NaN for an empty g)."""
+    found = np.flatnonzero(g > 0)
+    return float(r[found[0]]) if len(found) else float("nan")
 
 
 def _parabola_peak(r: np.ndarray, g: np.ndarray) -> float:
@@ -433,9 +440,9 @@ def all_properties(c: Crystal, workdir: str, liquid_temperature: Optional[float]
     if liquid_temperature is not None:
         rdf = timed("liquid_rdf", liquid_rdf, liquid_temperature, a, fallback=None)
         if rdf is not None:
-            results.update(rdf_r=rdf.r, rdf_g=rdf.g, rdf_first_peak=rdf.first_peak)
+            results.update(rdf_r=rdf.r, rdf_g=rdf.g, rdf_first_peak=rdf.first_peak, rdf_onset=rdf.onset)
         else:
-            results["rdf_first_peak"] = nan
+            results["rdf_first_peak"] = results["rdf_onset"] = nan
     if failures:
         results["failures"] = failures
     results["seconds"] = seconds

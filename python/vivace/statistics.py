@@ -40,6 +40,20 @@ def force_rms(structures: Sequence[Structure]) -> float:
     return rms if rms > 0 else 1.0
 
 
+def shortest_distances(structures: Sequence[Structure], num_types: int, r_cut: np.ndarray) -> List[List[float]]:
+    """(T, T) shortest distance between atoms of each pair of types over the structures, for the pair styles
+    and the calculator to say when MD goes closer than the model was ever shown; a pair of types never
+    within its cutoff r_cut[a, b] gets that cutoff."""
+    shortest = np.array(r_cut, dtype=np.float64, copy=True)
+    for s in structures:
+        i, j = s.edge_index
+        if len(i) == 0:
+            continue
+        r = np.linalg.norm(s.positions[j] - s.positions[i] + s.shifts, axis=1)
+        np.minimum.at(shortest, (s.atom_types[i], s.atom_types[j]), r)
+    shortest = np.minimum(shortest, shortest.T)
+    return shortest.tolist()
+
 
 def coordinations(s: Structure, r_cut: np.ndarray, polynomial_p: float) -> np.ndarray:
     """rho_i = sum_j u(r_ij) of every atom, u the model's envelope with the (T, T) cutoffs r_cut."""

@@ -74,7 +74,16 @@ def model_spec(config: Dict[str, Any], train_set: Sequence[Structure], type_name
     else:
         hyper["energy_shift"] = statistics.energy_shifts(train_set, len(type_names))
     hyper["energy_scale"] = [statistics.force_rms(train_set)] * len(type_names)
-    return {"kind": mcfg["kind"], "hyperparameters": hyper, "type_names": list(type_names), "dtype": mcfg["dtype"], "units": config["units"]}
+    return {"kind": mcfg["kind"], "hyperparameters": hyper, "type_names": list(type_names), "dtype": mcfg["dtype"],
+            "units": config["units"], "shortest_distances": shortest_distances(train_set, type_names, hyper)}
+
+
+def shortest_distances(train_set: Sequence[Structure], type_names: List[str], hyper: Dict[str, Any]) -> List[List[float]]:
+    """The training data's shortest distance for each pair of types (statistics.shortest_distances)."""
+    r_max = float(hyper["r_max"])
+    r_cut = cutoff_matrix(type_names, r_max, hyper.get("edge_type_cutoffs"))
+    cutoffs = r_cut.numpy() if r_cut is not None else np.full((len(type_names),) * 2, r_max)
+    return statistics.shortest_distances(train_set, len(type_names), cutoffs)
 
 
 class Trainer:
@@ -93,8 +102,11 @@ class Trainer:
         self._load_data(last or init)
         if last is not None:
             self.spec = last["model"]
-        elif init is not None:
-            self.spec = init["model"]
+        elif init is not None:  # fine-tuning: the model has now seen both data sets' shortest distances
+            self.spec = dict(init["model"])
+            ours = shortest_distances(self.train_set, self.type_names, self.spec["hyperparameters"])
+            theirs = self.spec.get("shortest_distances", ours)
+            self.spec["shortest_distances"] = np.minimum(ours, theirs).tolist()
         else:
             self.spec = model_spec(config, self.train_set, self.type_names)
         if self.spec["units"] != config["units"]:
