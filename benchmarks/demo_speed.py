@@ -1,4 +1,5 @@
-"""The demo's LAMMPS MD speed with each tensor-product kernel, side by side in one run.
+"""The demo's LAMMPS MD speed with each tensor-product kernel, and with the short-pair check off, side by side
+in one run.
 
     bash scripts/demo.sh --out /tmp/demo                       # once: trains the demo's model
     . .venv/bin/activate && python benchmarks/demo_speed.py /tmp/demo [--threads 1 2] [--rounds 3]
@@ -6,13 +7,15 @@
 The demo's best checkpoint (run/best.ckpt: Allegro, float32, l_max 1, 32/8 features) is exported twice to
 .pt2, with the fused operator (the default on a CPU) and with PyTorch's tensor product (`--kernel torch`), and
 the demo's NVE run (256 Cu atoms, 1200 K start, 1000 steps, 1 MPI rank, `pair_style allegro threads N`) runs
-with each, alternated over --rounds, at each thread count. Reported: LAMMPS's loop time per atom-step (median),
-and the ratio against BASELINE_US, the demo's speed when issue 14 was filed (the demo's printed figure then,
-2 threads, this machine).
+with each, and with the fused artifact under `short_pairs off` (what the default check against the training
+data's shortest distances costs), alternated over --rounds, at each thread count. Reported: LAMMPS's loop time
+per atom-step (median), and the ratio against BASELINE_US, the demo's speed when issue 14 was filed (the demo's
+printed figure then, 2 threads, this machine).
 """
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -22,6 +25,13 @@ sys.path.insert(0, HERE)
 from machine import cpu_name  # noqa: E402
 
 BASELINE_US = 69.7  # us/atom-step, 1 rank x 2 threads: the demo's printed speed when issue 14 was filed
+
+
+def graph_ms(log: str) -> float:
+    """Milliseconds per call the pair style spent building the graph, from its end-of-run timing line."""
+    with open(log) as f:
+        found = re.search(r"timing: ([\d.]+) ms per call per rank;.*\(graph ([\d.]+)%", f.read())
+    return float(found[1]) * float(found[2]) / 100.0
 
 
 def main(argv=None) -> int:
@@ -44,22 +54,35 @@ def main(argv=None) -> int:
     artifacts = {kernel: export(checkpoint, os.path.join(work, f"{kernel}.pt2"), kernel=kernel)
                  for kernel in ("fused", "torch")}  # fmt: skip
 
-    times = {(kernel, t): [] for kernel in artifacts for t in args.threads}
+    runs = {"fused": (artifacts["fused"], ""), "torch": (artifacts["torch"], ""),
+            "unchecked": (artifacts["fused"], " short_pairs off")}  # fmt: skip
+    times = {(name, t): [] for name in runs for t in args.threads}
+    graph = {(name, t): [] for name in runs for t in args.threads}  # ms per call building the graph
     for _ in range(args.rounds):
         for t in args.threads:
-            for kernel, artifact in artifacts.items():
-                seconds, nsteps, natoms, _ = nve_run(os.path.join(work, f"{kernel}_{t}"), artifact, args.steps,
-                                                     nprocs=1, threads=t)  # fmt: skip
-                times[kernel, t].append(seconds / nsteps / natoms * 1e6)
+            for name, (artifact, options) in runs.items():
+                folder = os.path.join(work, f"{name}_{t}")
+                seconds, nsteps, natoms, _ = nve_run(folder, artifact, args.steps, nprocs=1, threads=t,
+                                                     pair_options=options)  # fmt: skip
+                times[name, t].append(seconds / nsteps / natoms * 1e6)
+                graph[name, t].append(graph_ms(os.path.join(folder, "lammps_nve", "log.lammps")))
 
     lines = [f"# python benchmarks/demo_speed.py DEMO --threads {' '.join(map(str, args.threads))} --rounds "
              f"{args.rounds}   ({time.strftime('%Y-%m-%d')}, {cpu_name()})",
              "# the demo's NVE MD (256 atoms, 1 rank), us/atom-step, median of the rounds; baseline "
              f"{BASELINE_US} us/atom-step: the demo at 2 threads when issue 14 was filed",
-             f"{'threads':>7} {'fused':>9} {'torch':>9} {'torch/fused':>12} {'baseline/fused':>15}"]  # fmt: skip
+             "# unchecked: fused with `short_pairs off`. The check runs while the graph is built: its cost is the"
+             " pair style's graph time per call (its end-of-run timing line), checked minus unchecked, over the"
+             " checked run's time per call (medians); whole runs differ by more than that from run to run",
+             f"{'threads':>7} {'fused':>9} {'torch':>9} {'unchecked':>10} {'torch/fused':>12} {'baseline/fused':>15}"
+             f" {'graph ms, checked':>18} {'unchecked':>10} {'check costs':>12}"]  # fmt: skip
     for t in args.threads:
-        fused, torch_ = (statistics.median(times[k, t]) for k in ("fused", "torch"))
-        lines.append(f"{t:>7} {fused:>9.1f} {torch_:>9.1f} {torch_ / fused:>11.2f}x {BASELINE_US / fused:>14.2f}x")
+        fused, torch_, unchecked = (statistics.median(times[k, t]) for k in ("fused", "torch", "unchecked"))
+        checked_ms, unchecked_ms = (statistics.median(graph[k, t]) for k in ("fused", "unchecked"))
+        call_ms = fused * 256 / 1e3  # us/atom-step x atoms
+        lines.append(f"{t:>7} {fused:>9.1f} {torch_:>9.1f} {unchecked:>10.1f} {torch_ / fused:>11.2f}x "
+                     f"{BASELINE_US / fused:>14.2f}x {checked_ms:>18.3f} {unchecked_ms:>10.3f} "
+                     f"{100 * (checked_ms - unchecked_ms) / call_ms:>+11.2f}%")
     text = "\n".join(lines) + "\n"
     print(text)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

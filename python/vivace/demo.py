@@ -117,7 +117,7 @@ def equation_of_state(out: str, artifact: str) -> dict:
     return results
 
 
-def nve_run(out: str, artifact: str, steps: int, nprocs: int, threads: int):
+def nve_run(out: str, artifact: str, steps: int, nprocs: int, threads: int, pair_options: str = ""):
     workdir = os.path.join(out, "lammps_nve")
     script = f"""
 units metal
@@ -128,7 +128,7 @@ region box block 0 4 0 4 0 4
 create_box 1 box
 create_atoms 1 box
 mass 1 {MASS}
-pair_style allegro threads {threads}
+pair_style allegro threads {threads}{pair_options}
 pair_coeff * * {os.path.abspath(artifact)} Cu
 velocity all create 1200 4928459 mom yes rot yes dist gaussian
 fix nve all nve
