@@ -39,6 +39,7 @@ this script
 
     . .venv/bin/activate && python benchmarks/properties.py --minutes 10              # all three systems
     python benchmarks/properties.py --systems cu --minutes 2 --workdir /tmp/props      # one, quickly
+    python benchmarks/properties.py --systems cu --workdir /tmp/props --remeasure      # its models, measured again
 
 With --upstream-source (a checkout of https://github.com/mir-group/pair_nequip_allegro), upstream Allegro
 trains on the same data, with the same budget, at the same time (in its own virtualenv; upstream_training.py),
@@ -287,6 +288,26 @@ def train_model(s: System, workdir: str, minutes: float, threads: int, model: di
     return export(os.path.join(run, "best.ckpt"), os.path.join(workdir, "model.pt2"))
 
 
+def reexport_model(workdir: str) -> str:
+    """The vivace model an earlier run trained in workdir, exported again with today's code (as
+    model_remeasured.pt2); a checkpoint written before models carried the training data's shortest distances
+    gets them from its train.xyz, as the trainer would have."""
+    from vivace.checkpoint import load_checkpoint, save_checkpoint
+    from vivace.data import load_structures
+    from vivace.export import export
+    from vivace.training import shortest_distances
+
+    checkpoint = load_checkpoint(os.path.join(workdir, "run", "best.ckpt"))
+    spec = checkpoint["model"]
+    hyper = spec["hyperparameters"]
+    if not hyper.get("shortest_distances"):
+        train_set = load_structures(os.path.join(workdir, "train.xyz"), spec["type_names"], float(hyper["r_max"]))
+        hyper["shortest_distances"] = shortest_distances(train_set, spec["type_names"], hyper)
+    path = os.path.join(workdir, "run", "best_remeasured.ckpt")
+    save_checkpoint(path, checkpoint)
+    return export(path, os.path.join(workdir, "model_remeasured.pt2"))
+
+
 def train_upstream_model(s: System, workdir: str, minutes: float, threads: int, model: str,
                          isolated: Optional[Dict[str, float]] = None, dtype: str = "float32", seed: int = 0) -> tuple:
     """Upstream Allegro on the same train/val split and budget, with its documented energy/force/stress loss
@@ -436,6 +457,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="train each code once per seed (its initial weights and shuffling; the data and the "
                              "validation split stay the same) and report each property's median and spread")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure the models an earlier run left in --workdir (same --systems and --seeds) "
+                             "without making data or training: vivace's best checkpoint exported again with "
+                             "today's code, upstream's artifact as it is; for changes to export or measurement")
     parser.add_argument("--workdir", default="/tmp/vivace_properties")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "properties.txt"))
     args = parser.parse_args(argv)
@@ -454,10 +479,11 @@ def main(argv=None) -> int:
         workdir = os.path.join(args.workdir, key)
         os.makedirs(workdir, exist_ok=True)
         t0 = time.monotonic()
-        frames = reference_data(s, os.path.join(workdir, "data"))
-        isolated = isolated_atom_energies(s, os.path.join(workdir, "data")) if args.energy_reference == "isolated" else None
         names = " ".join(s.elements)
-        notes.append(f"{key}: {len(frames)} reference frames in {time.monotonic() - t0:.0f} s")
+        if not args.remeasure:
+            frames = reference_data(s, os.path.join(workdir, "data"))
+            isolated = isolated_atom_energies(s, os.path.join(workdir, "data")) if args.energy_reference == "isolated" else None
+            notes.append(f"{key}: {len(frames)} reference frames in {time.monotonic() - t0:.0f} s")
         rows[s.name] = {"reference": measure(s, s.pair_lines(), os.path.join(workdir, "props_reference")),
                         "vivace": []}  # fmt: skip
         if plugin:
@@ -465,18 +491,24 @@ def main(argv=None) -> int:
         for seed in args.seeds:
             # one seed keeps the layout of earlier runs; several get a folder each
             run_dir = workdir if args.seeds == [0] else os.path.join(workdir, f"seed{seed}")
-            os.makedirs(run_dir, exist_ok=True)
-            split(frames, run_dir)
-            settings = list(args.set) + ([f"seed={seed}"] if seed else [])
             t1 = time.monotonic()
-            with ThreadPoolExecutor(1) as pool:  # upstream trains in its own process, beside vivace
-                upstream = plugin and pool.submit(train_upstream_model, s, run_dir, args.minutes, args.threads,
-                                                  args.model, isolated, args.upstream_dtype, seed)  # fmt: skip
-                artifact = train_model(s, run_dir, args.minutes, args.threads, network(s, args.model), isolated,
-                                       settings)
-                t2 = time.monotonic()
-                upstream_artifact, upstream_run = upstream.result() if upstream else (None, None)
-            t3 = time.monotonic()
+            if args.remeasure:
+                artifact = reexport_model(run_dir)
+                upstream_artifact = os.path.join(run_dir, "upstream", "model.nequip.pt2") if plugin else None
+                upstream_run = None
+                t2 = t3 = time.monotonic()
+            else:
+                os.makedirs(run_dir, exist_ok=True)
+                split(frames, run_dir)
+                settings = list(args.set) + ([f"seed={seed}"] if seed else [])
+                with ThreadPoolExecutor(1) as pool:  # upstream trains in its own process, beside vivace
+                    upstream = plugin and pool.submit(train_upstream_model, s, run_dir, args.minutes, args.threads,
+                                                      args.model, isolated, args.upstream_dtype, seed)  # fmt: skip
+                    artifact = train_model(s, run_dir, args.minutes, args.threads, network(s, args.model), isolated,
+                                           settings)
+                    t2 = time.monotonic()
+                    upstream_artifact, upstream_run = upstream.result() if upstream else (None, None)
+                t3 = time.monotonic()
             codes = {"vivace": f"pair_style allegro\npair_coeff * * {artifact} {names}"}
             if upstream_artifact:
                 codes["upstream"] = (f"plugin load {plugin}\npair_style allegro/upstream\n"
@@ -488,7 +520,8 @@ def main(argv=None) -> int:
                     rows[s.name][code].append(later[code].result())
             t4 = time.monotonic()
             best = load_checkpoint(os.path.join(run_dir, "run", "best.ckpt"))
-            note = (f"{key} seed {seed}: vivace training {args.minutes:g} min + export {t2 - t1:.0f} s in all, best "
+            done = f"exported again in {t2 - t1:.0f} s" if args.remeasure else f"training {args.minutes:g} min + export {t2 - t1:.0f} s in all"
+            note = (f"{key} seed {seed}: vivace {done}, best "
                     f"epoch {best['epoch']}, its validation errors E {best['metrics']['energy_mae']:.2f} meV/atom, F "
                     f"{best['metrics']['force_mae']:.1f} meV/A")  # fmt: skip
             if upstream_run:
@@ -515,6 +548,7 @@ def report(args, plugin, rows, notes) -> str:
                f"--threads {args.threads} --model {args.model} --energy-reference {args.energy_reference}"
                + "".join(f" --set {setting}" for setting in args.set)
                + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0] else "")
+               + (" --remeasure" if args.remeasure else "")
                + (f" --upstream-source PATH --upstream-dtype {args.upstream_dtype}" if plugin else ""))  # fmt: skip
     header = (f"# {command}   ({time.strftime('%Y-%m-%d')}, {cpu_name()})\n"
               f"# vivace: {size}, trained in float32 and exported in float64, r_max "

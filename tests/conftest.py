@@ -65,11 +65,11 @@ def make_checkpoint(path: str, dtype: str = "float64", seed: int = 0, kind: str 
     """A random-weight checkpoint of the small test model of `kind`; shortest_distances, the (T, T) table a
     trained model carries, if given."""
     hyper = dict(hyper or (HYPER if kind == "allegro" else NEQUIP_HYPER))
+    if shortest_distances is not None:
+        hyper["shortest_distances"] = [[float(d) for d in row] for row in shortest_distances]
     torch.manual_seed(seed)
     model = build_model(kind, hyper, TYPE_NAMES, dtype)
     spec = {"kind": kind, "hyperparameters": hyper, "type_names": TYPE_NAMES, "dtype": dtype, "units": "metal"}
-    if shortest_distances is not None:
-        spec["shortest_distances"] = [[float(d) for d in row] for row in shortest_distances]
     save_checkpoint(path, {"model": spec, "state_dict": model.state_dict()})
     return path
 

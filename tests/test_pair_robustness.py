@@ -240,3 +240,23 @@ def test_short_pairs_error_and_off(tmp_path):
     assert "stopped by short_pairs error" in str(info.value)
     log = approaching_dimer(tmp_path / "off", "allegro", 1, " short_pairs off")
     assert "training data" not in log and "Loop time" in log
+
+
+@pytest.mark.parametrize("kind,fmt,nprocs", [("allegro", "pt2", 2), ("nequip", "pth", 1)])
+def test_core_repulsion_matches_python(tmp_path, kind, fmt, nprocs):
+    """A crystal compressed until its pairs sit in the core's switch (0.7-0.9 of the training data's shortest
+    distances): LAMMPS gives the Python model's energies, forces and virials."""
+    from vivace.export import export
+
+    atoms = alloy("orthogonal")
+    shortest = np.full((2, 2), 2.7)
+    d = atoms.get_all_distances(mic=True)[np.triu_indices(len(atoms), 1)]
+    assert 0.7 * 2.7 < d.min() < 0.9 * 2.7
+    checkpoint = make_checkpoint(str(tmp_path / "model.ckpt"), kind=kind, shortest_distances=shortest)
+    path = export(checkpoint, str(tmp_path / f"model.{fmt}"))
+    lmp = single_point(atoms, pair_lines(kind, path), TYPE_NAMES, str(tmp_path / "lmp"), nprocs=nprocs)
+    with pytest.warns(UserWarning, match="extrapolating"):
+        ref = python_results(atoms, path)
+    assert_lammps_matches(lmp, ref)
+    plain = export(make_checkpoint(str(tmp_path / "plain.ckpt"), kind=kind), str(tmp_path / "plain.pth"))
+    assert ref["energy"] > python_results(atoms, plain)["energy"] + 1.0  # the core is on

@@ -333,3 +333,50 @@ def test_gate_is_the_same_in_both_executions():
     flipped = x.detach().clone()
     flipped[:, 3:5] *= -1
     assert torch.equal(gate(flipped)[:, 3:5], -results[0][0][:, 3:5])
+
+
+def zbl_pair_energy(r, z1, z2):
+    """The ZBL universal screened Coulomb energy of one pair (eV, r in A), written out from its formula."""
+    a = 0.46850 / (z1**0.23 + z2**0.23)
+    x = r / a
+    phi = 0.18175 * np.exp(-3.19980 * x) + 0.50986 * np.exp(-0.94229 * x) + 0.28022 * np.exp(-0.40290 * x) \
+        + 0.02817 * np.exp(-0.20162 * x)
+    return 14.399645478425668 * z1 * z2 / r * phi
+
+
+@both_models
+@pytest.mark.filterwarnings("ignore::vivace.calculators.ExtrapolationWarning")
+def test_core_repulsion(kind):
+    """With the training data's shortest distances d (per pair of types) the model carries a ZBL core: exactly
+    nothing while every pair is at least 0.9 d apart (a rattled crystal: energies and forces bit for bit those
+    of the model without it), the full ZBL pair energy below 0.7 d, a smooth switch between (forces = -dE/dr
+    by central differences across it), and a wall: hundreds of eV at 0.4 A."""
+    atoms = alloy("orthogonal")
+    d = atoms.get_all_distances(mic=True)
+    np.fill_diagonal(d, np.inf)
+    types = np.array([TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()])
+    closest = np.array([[d[np.ix_(types == a, types == b)].min() for b in range(2)] for a in range(2)])
+    shortest = 1.05 * closest  # every pair of the crystal at 0.95 d or more
+    plain = dict(MODELS[kind], core_repulsion=False)
+    cored = dict(MODELS[kind], shortest_distances=shortest.tolist())
+    with_core, without = make(kind, cored, "float64"), make(kind, plain, "float64")
+    ours, theirs = results(with_core, cored, atoms), results(without, plain, atoms)
+    for key in ("energy", "forces", "energies", "stress"):
+        np.testing.assert_array_equal(ours[key], theirs[key])
+
+    def dimer(r):
+        return Atoms(["Al", "Cu"], positions=[[5.0, 5.0, 5.0], [5.0 + r, 5.0, 5.0]], cell=[12.0] * 3, pbc=False)
+
+    d_alcu = shortest[0, 1]
+    for r in (0.4, 0.6 * d_alcu, 0.69 * d_alcu):
+        extra = results(with_core, cored, dimer(r))["energy"] - results(without, plain, dimer(r))["energy"]
+        assert extra == pytest.approx(zbl_pair_energy(r, 13, 29), rel=1e-12)
+    assert results(with_core, cored, dimer(0.4))["energy"] - results(without, plain, dimer(0.4))["energy"] > 300
+    for r in (0.75 * d_alcu, 0.8 * d_alcu, 0.88 * d_alcu):
+        extra = results(with_core, cored, dimer(r))["energy"] - results(without, plain, dimer(r))["energy"]
+        assert 0 < extra < zbl_pair_energy(r, 13, 29)
+        h = 1e-5
+        slope = (results(with_core, cored, dimer(r + h))["energy"] - results(with_core, cored, dimer(r - h))["energy"]) / (2 * h)
+        force = results(with_core, cored, dimer(r))["forces"]
+        assert force[1, 0] == pytest.approx(-slope, rel=1e-7, abs=1e-9)
+    assert results(with_core, cored, dimer(0.9 * d_alcu + 1e-9))["energy"] == results(without, plain, dimer(0.9 * d_alcu + 1e-9))["energy"]

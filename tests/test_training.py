@@ -271,13 +271,14 @@ def test_shortest_distances_travel_to_the_calculator(tmp_path, data):
     run = train(config(tmp_path, data, max_epochs=1))
     spec = load_checkpoint(os.path.join(run, "best.ckpt"))["model"]
     frames = ase.io.read(data / "train.xyz", ":")
-    np.testing.assert_allclose(spec["shortest_distances"], shortest_by_pair(frames), rtol=1e-12)
+    shortest = spec["hyperparameters"]["shortest_distances"]
+    np.testing.assert_allclose(shortest, shortest_by_pair(frames), rtol=1e-12)
     artifact = export(os.path.join(run, "best.ckpt"), str(tmp_path / "model.pth"))
     for model in (os.path.join(run, "best.ckpt"), artifact):
         calc = VivaceCalculator(model)
         if model == artifact:
             table = [float(d) for d in calc.backend.model.metadata["shortest_distances"].split()]
-            np.testing.assert_allclose(np.reshape(table, (2, 2)), spec["shortest_distances"], rtol=1e-15)
+            np.testing.assert_allclose(np.reshape(table, (2, 2)), shortest, rtol=1e-15)
         atoms = frames[0].copy()
         with warnings.catch_warnings():
             warnings.simplefilter("error", ExtrapolationWarning)
@@ -309,7 +310,8 @@ def test_fine_tuning(tmp_path, data):
     reference = evaluate_checkpoint(os.path.join(first, "best.ckpt"), load_structures(str(tmp_path / "new.xyz"), TYPE_NAMES, R_MAX))
     for key in ("energy_mae", "force_rmse", "stress_mae"):
         assert row[key] == pytest.approx(reference[key], rel=1e-10)
-    shortest = [load_checkpoint(os.path.join(run, "best.ckpt"))["model"]["shortest_distances"] for run in (first, tuned)]
+    shortest = [load_checkpoint(os.path.join(run, "best.ckpt"))["model"]["hyperparameters"]["shortest_distances"]
+                for run in (first, tuned)]
     np.testing.assert_allclose(shortest[1], np.minimum(shortest[0], shortest_by_pair(ase.io.read(tmp_path / "new.xyz", ":"))), rtol=1e-12)
 
     zr = new[0].copy()

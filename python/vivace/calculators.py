@@ -20,7 +20,7 @@ class _EagerBackend:
         self.type_names = list(spec["type_names"])
         self.r_max = float(spec["hyperparameters"]["r_max"])
         self.units = spec.get("units", "metal")
-        self.shortest = spec.get("shortest_distances")
+        self.shortest = spec["hyperparameters"].get("shortest_distances") or None
 
     def evaluate(self, vectors, edge_index, types, n_local):
         energy, forces = self.model(
@@ -57,14 +57,19 @@ def load_backend(path_or_model):
     return _EagerBackend(model, spec)
 
 
-def edge_results(atoms, backend) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(atomic energies, edge forces, edge vectors, edge index) of an ASE Atoms object."""
-    index = {name: k for k, name in enumerate(backend.type_names)}
+def model_types(atoms, type_names: Sequence[str]) -> np.ndarray:
+    """The model's type index of each atom; an element the model lacks is refused by name."""
+    index = {name: k for k, name in enumerate(type_names)}
     symbols = atoms.get_chemical_symbols()
     unknown = sorted(set(symbols) - set(index))
     if unknown:
-        raise ValueError(f"element(s) {unknown} are not in the model ({backend.type_names})")
-    types = np.array([index[s] for s in symbols], dtype=np.int64)
+        raise ValueError(f"element(s) {unknown} are not in the model ({list(type_names)})")
+    return np.array([index[s] for s in symbols], dtype=np.int64)
+
+
+def edge_results(atoms, backend) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(atomic energies, edge forces, edge vectors, edge index) of an ASE Atoms object."""
+    types = model_types(atoms, backend.type_names)
     edge_index, shifts = neighbor_graph(atoms.positions, atoms.cell.array, atoms.pbc, backend.r_max)
     vectors = atoms.positions[edge_index[1]] - atoms.positions[edge_index[0]] + shifts
     energies, edge_forces = backend.evaluate(vectors, edge_index, types, len(atoms))
@@ -135,8 +140,7 @@ class VivaceCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
         energies, g, vectors, edge_index = edge_results(atoms, self.backend)
-        index = {name: k for k, name in enumerate(self.backend.type_names)}
-        self.watch(vectors, edge_index, np.array([index[s] for s in atoms.get_chemical_symbols()]))
+        self.watch(vectors, edge_index, model_types(atoms, self.backend.type_names))
         energies, g = energies * self.ev_per_energy_unit, g * self.ev_per_energy_unit
         forces = np.zeros((len(atoms), 3))
         np.add.at(forces, edge_index[0], g)

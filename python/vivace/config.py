@@ -106,7 +106,8 @@ CHOICES = {
 # Model keys that describe the run rather than the network's hyperparameters.
 MODEL_META_KEYS = ("kind", "dtype", "type_names", "neighbor_normalization", "isolated_atom_energies")
 # Hyperparameters the trainer derives from the data (or the top-level config) rather than the user.
-DERIVED_KEYS = ("avg_num_neighbors", "energy_shift", "energy_scale", "cohesion", "mean_coordination", "units")
+DERIVED_KEYS = ("avg_num_neighbors", "energy_shift", "energy_scale", "cohesion", "mean_coordination", "units",
+                "shortest_distances")
 DEFAULT_R_MAX = 5.0
 
 

@@ -43,7 +43,7 @@ def artifact_metadata(
         "model_dtype": spec["dtype"],
         "units": spec.get("units", "metal"),
         # (center, neighbor) type pair -> the training data's shortest distance between such atoms; empty: unknown
-        "shortest_distances": " ".join(repr(float(d)) for row in spec.get("shortest_distances", []) for d in row),
+        "shortest_distances": " ".join(repr(float(d)) for row in hyper.get("shortest_distances", []) for d in row),
         "device": device,
         "format": fmt,
         "tensor_product_kernel": kernel,

@@ -74,8 +74,8 @@ def model_spec(config: Dict[str, Any], train_set: Sequence[Structure], type_name
     else:
         hyper["energy_shift"] = statistics.energy_shifts(train_set, len(type_names))
     hyper["energy_scale"] = [statistics.force_rms(train_set)] * len(type_names)
-    return {"kind": mcfg["kind"], "hyperparameters": hyper, "type_names": list(type_names), "dtype": mcfg["dtype"],
-            "units": config["units"], "shortest_distances": shortest_distances(train_set, type_names, hyper)}
+    hyper["shortest_distances"] = shortest_distances(train_set, type_names, hyper)
+    return {"kind": mcfg["kind"], "hyperparameters": hyper, "type_names": list(type_names), "dtype": mcfg["dtype"], "units": config["units"]}
 
 
 def shortest_distances(train_set: Sequence[Structure], type_names: List[str], hyper: Dict[str, Any]) -> List[List[float]]:
@@ -103,10 +103,10 @@ class Trainer:
         if last is not None:
             self.spec = last["model"]
         elif init is not None:  # fine-tuning: the model has now seen both data sets' shortest distances
-            self.spec = dict(init["model"])
-            ours = shortest_distances(self.train_set, self.type_names, self.spec["hyperparameters"])
-            theirs = self.spec.get("shortest_distances", ours)
-            self.spec["shortest_distances"] = np.minimum(ours, theirs).tolist()
+            hyper = dict(init["model"]["hyperparameters"])
+            ours = shortest_distances(self.train_set, self.type_names, hyper)
+            hyper["shortest_distances"] = np.minimum(ours, hyper.get("shortest_distances", ours)).tolist()
+            self.spec = {**init["model"], "hyperparameters": hyper}
         else:
             self.spec = model_spec(config, self.train_set, self.type_names)
         if self.spec["units"] != config["units"]:

@@ -44,9 +44,11 @@ def build_model(kind: str, hyperparameters: Dict[str, Any], type_names: List[str
 def load_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]) -> None:
     """Trained weights into a model of either dtype (float32 training serves float64 models). Buffers are
     constants of the hyperparameters, built with the model: one stored in another dtype keeps the model's own
-    value rather than a rounded copy."""
-    own = dict(model.named_buffers())
-    model.load_state_dict({k: own[k] if k in own and v.dtype != own[k].dtype else v for k, v in state_dict.items()})
+    value rather than a rounded copy, and one the model does not store (a checkpoint written when ZBL's
+    constants were stored) is left out."""
+    own, stored = dict(model.named_buffers()), set(model.state_dict())
+    model.load_state_dict({k: own[k] if k in own and v.dtype != own[k].dtype else v for k, v in state_dict.items()
+                           if k in stored or k not in own})
 
 
 __all__ = [

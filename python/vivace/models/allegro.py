@@ -162,6 +162,8 @@ class Allegro(nn.Module):
         cohesion: List[float] = [],
         mean_coordination: List[float] = [],
         cohesion_form: str = "none",
+        core_repulsion: bool = True,
+        shortest_distances: List[List[float]] = [],
     ):
         super().__init__()
         if not 0 <= l_max <= 3:
@@ -214,7 +216,7 @@ class Allegro(nn.Module):
         readout_width = (num_layers + 1 if self.readout_all else 1) * num_scalar_features
         self.readout = MLP([readout_width] + readout_hidden + [1])
         self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination,
-                               cohesion_form)
+                               cohesion_form, shortest_distances if core_repulsion else [])
         self.tensor_product_kernel = "torch"
         self.execution = "eager"
         self.edges_per_group = self.cpu_edges_per_group()

@@ -1,6 +1,6 @@
 """Pieces both models share: per-edge-type cutoffs, per-type neighbor normalisation, the energy head."""
 
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from ase.data import atomic_numbers
@@ -110,7 +110,8 @@ def cohesion_profile(x: torch.Tensor, form: str, eps: float = 0.1) -> torch.Tens
 
 class EnergyHead(nn.Module):
     """Per-species scale and shift (float64), plus two optional sums over a center's edges: the cohesion
-    baseline and the ZBL repulsion.
+    baseline and the ZBL repulsion (`zbl`: everywhere inside the cutoff; else, given the training data's
+    shortest distance per pair of types, `core_distances`, only as a core well below them: nn.zbl).
 
     The baseline gives atom i the energy c[Z_i] g(x), x = rho_i / rho0[Z_i], rho_i = sum_j u(r_ij) its
     coordination (u the envelope), g = cohesion_profile: c at the training data's mean coordination rho0, 0
@@ -128,6 +129,7 @@ class EnergyHead(nn.Module):
         cohesion: List[float] = [],
         mean_coordination: List[float] = [],
         cohesion_form: str = "none",
+        core_distances: Sequence[Sequence[float]] = (),
     ):
         super().__init__()
         unit_style(units)  # refuses a style vivace does not support, by name
@@ -146,11 +148,14 @@ class EnergyHead(nn.Module):
         self.register_buffer("cohesion", torch.tensor(cohesion or [0.0], dtype=torch.float64))
         self.register_buffer("mean_coordination", torch.tensor(mean_coordination or [1.0], dtype=torch.float64))
         self.zbl = None
+        elements = all(n in atomic_numbers for n in type_names)
         if zbl:
-            unknown = [n for n in type_names if n not in atomic_numbers]
-            if unknown:
+            if not elements:
+                unknown = [n for n in type_names if n not in atomic_numbers]
                 raise ValueError(f"ZBL needs chemical elements as type names; {unknown} are not")
             self.zbl = ZBL([atomic_numbers[n] for n in type_names], units)
+        elif len(core_distances) and elements:  # the core is a safeguard: types that are no elements go without
+            self.zbl = ZBL([atomic_numbers[n] for n in type_names], units, core=core_distances)
 
     def forward(
         self,

@@ -220,6 +220,8 @@ class NequIP(nn.Module):
         cohesion: List[float] = [],
         mean_coordination: List[float] = [],
         cohesion_form: str = "none",
+        core_repulsion: bool = True,
+        shortest_distances: List[List[float]] = [],
     ):
         super().__init__()
         if not 0 <= l_max <= 3:
@@ -250,7 +252,7 @@ class NequIP(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.readout = o3.Linear(irreps, o3.Irreps("0e"))
         self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination,
-                               cohesion_form)
+                               cohesion_form, shortest_distances if core_repulsion else [])
 
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         num_nodes = atom_types.shape[0]

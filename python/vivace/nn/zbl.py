@@ -3,11 +3,14 @@
     E_ij = k_e Z_i Z_j / r * phi(r / a_ij),   a_ij = 0.46850 A / (Z_i^0.23 + Z_j^0.23)
     phi(x) = 0.18175 e^(-3.19980 x) + 0.50986 e^(-0.94229 x) + 0.28022 e^(-0.40290 x) + 0.02817 e^(-0.20162 x)
 
-multiplied by the model's polynomial cutoff envelope so that it vanishes smoothly at r_max. Each pair
-appears twice in a full neighbor list, so atom i gets half of E_ij from each of its edges. Float64 throughout.
+multiplied by the model's polynomial cutoff envelope so that it vanishes smoothly at r_max, or, as a core
+under a model without it, by a switch that is 1 below 0.7 and 0 above 0.9 of the training data's shortest
+distance d_ij for the pair's types (quintic smoothstep between): zero on every training structure and
+wherever healthy MD goes, a wall where a model left to itself may pull atoms together. Each pair appears twice
+in a full neighbor list, so atom i gets half of E_ij from each of its edges. Float64 throughout.
 """
 
-from typing import List
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -17,20 +20,37 @@ from ..units import unit_style
 BOHR_SCREENING = 0.46850  # Angstrom
 PHI_COEFFICIENTS = (0.18175, 0.50986, 0.28022, 0.02817)
 PHI_EXPONENTS = (3.19980, 0.94229, 0.40290, 0.20162)
+CORE_ON, CORE_OFF = 0.7, 0.9  # the core's switch, in fractions of the data's shortest distance for the pair
+
+
+def core_switch(r: torch.Tensor, r_on: torch.Tensor, r_off: torch.Tensor) -> torch.Tensor:
+    """1 for r <= r_on, 0 for r >= r_off, t^3 (10 - 15 t + 6 t^2) between, t = (r_off - r) / (r_off - r_on):
+    continuous with its first two derivatives."""
+    t = ((r_off - r) / (r_off - r_on)).clamp(0.0, 1.0)
+    return t * t * t * (10.0 + t * (-15.0 + 6.0 * t))
 
 
 class ZBL(nn.Module):
-    def __init__(self, atomic_numbers: List[int], units: str = "metal"):
+    """core: the (T, T) shortest distances of the training data, for ZBL as a core (module docstring)."""
+
+    def __init__(self, atomic_numbers: List[int], units: str = "metal", core: Optional[Sequence[Sequence[float]]] = None):
         super().__init__()
         self.coulomb = unit_style(units).coulomb_constant  # e^2 / (4 pi eps0) in the model's energy x A
         self.screening = BOHR_SCREENING
-        self.register_buffer("z", torch.tensor(atomic_numbers, dtype=torch.float64))
-        self.register_buffer("phi_c", torch.tensor(PHI_COEFFICIENTS, dtype=torch.float64))
-        self.register_buffer("phi_d", torch.tensor(PHI_EXPONENTS, dtype=torch.float64))
+        self.is_core = core is not None
+        shortest = torch.tensor(core if core is not None else [[1.0]], dtype=torch.float64)
+        # constants of the hyperparameters, not stored with the weights: a checkpoint loads into a model with or
+        # without the core
+        constants = {"z": torch.tensor(atomic_numbers, dtype=torch.float64),
+                     "phi_c": torch.tensor(PHI_COEFFICIENTS, dtype=torch.float64),
+                     "phi_d": torch.tensor(PHI_EXPONENTS, dtype=torch.float64),
+                     "core_on": CORE_ON * shortest, "core_off": CORE_OFF * shortest}  # fmt: skip
+        for name, value in constants.items():
+            self.register_buffer(name, value, persistent=False)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        for name in ("z", "phi_c", "phi_d"):
+        for name in ("z", "phi_c", "phi_d", "core_on", "core_off"):
             setattr(self, name, getattr(self, name).to(torch.float64))
         return self
 
@@ -42,4 +62,8 @@ class ZBL(nn.Module):
         a = self.screening / (zi.pow(0.23) + zj.pow(0.23))
         x = (r / a).unsqueeze(-1)
         phi = (self.phi_c * torch.exp(-self.phi_d * x)).sum(-1)
-        return 0.5 * self.coulomb * zi * zj / r * phi * envelope.to(torch.float64)
+        if self.is_core:
+            weight = core_switch(r, self.core_on[center_type, neighbor_type], self.core_off[center_type, neighbor_type])
+        else:
+            weight = envelope.to(torch.float64)
+        return 0.5 * self.coulomb * zi * zj / r * phi * weight
