@@ -380,3 +380,23 @@ def test_core_repulsion(kind):
         force = results(with_core, cored, dimer(r))["forces"]
         assert force[1, 0] == pytest.approx(-slope, rel=1e-7, abs=1e-9)
     assert results(with_core, cored, dimer(0.9 * d_alcu + 1e-9))["energy"] == results(without, plain, dimer(0.9 * d_alcu + 1e-9))["energy"]
+
+
+def test_checkpoints_that_stored_zbl_constants_load():
+    """ZBL's constants are built from the hyperparameters, not stored: weights saved when they were (a zbl
+    model's state_dict with head.zbl.z, phi_c, phi_d) load into today's model, with and without the core."""
+    from vivace.models import load_weights
+
+    for hyper in (dict(MODELS["allegro"], zbl=True), dict(MODELS["allegro"], shortest_distances=[[2.4, 2.2], [2.2, 2.5]])):
+        saved = make("allegro", hyper, "float64", seed=1)
+        weights = dict(saved.state_dict())
+        assert not any(k.startswith("head.zbl") for k in weights)
+        weights.update({"head.zbl.z": torch.tensor([13.0, 29.0], dtype=torch.float64),
+                        "head.zbl.phi_c": torch.zeros(4, dtype=torch.float64),
+                        "head.zbl.phi_d": torch.zeros(4, dtype=torch.float64)})  # fmt: skip
+        loaded = make("allegro", hyper, "float64", seed=2)
+        load_weights(loaded, weights)
+        for (name, a), (_, b) in zip(saved.state_dict().items(), loaded.state_dict().items()):
+            assert torch.equal(a, b), name
+        assert torch.equal(loaded.head.zbl.z, torch.tensor([13.0, 29.0], dtype=torch.float64))
+        assert loaded.head.zbl.phi_c.abs().min() > 0  # its own constants, not the stored zeros
