@@ -33,7 +33,7 @@ this script
    vacancy formation energy, (100) and (111) surface energies, the phonon frequencies at X, the first
    peak of the liquid RDF, and its onset (the first bin with g(r) > 0: the closest approach of two atoms;
    target 10%, there to flag a collapse, which the peak misses when a few pairs fall together: an Al-Cu model
-   at final stress weight 30 had four atoms in pairs 0.1-0.2 A apart and its peak still at -0.34%);
+   at final stress weight 30 had Al atoms in pairs 0.1-0.3 A apart and its peak still at -0.34%);
 4. prints and writes (benchmarks/results/properties.txt) the table with the errors against the issue's
    targets.
 
