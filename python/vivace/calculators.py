@@ -67,9 +67,10 @@ def model_types(atoms, type_names: Sequence[str]) -> np.ndarray:
     return np.array([index[s] for s in symbols], dtype=np.int64)
 
 
-def edge_results(atoms, backend) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(atomic energies, edge forces, edge vectors, edge index) of an ASE Atoms object."""
-    types = model_types(atoms, backend.type_names)
+def edge_results(atoms, backend, types: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(atomic energies, edge forces, edge vectors, edge index) of an ASE Atoms object (types: model_types', if
+    the caller has them)."""
+    types = model_types(atoms, backend.type_names) if types is None else types
     edge_index, shifts = neighbor_graph(atoms.positions, atoms.cell.array, atoms.pbc, backend.r_max)
     vectors = atoms.positions[edge_index[1]] - atoms.positions[edge_index[0]] + shifts
     energies, edge_forces = backend.evaluate(vectors, edge_index, types, len(atoms))
@@ -139,8 +140,9 @@ class VivaceCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
-        energies, g, vectors, edge_index = edge_results(atoms, self.backend)
-        self.watch(vectors, edge_index, model_types(atoms, self.backend.type_names))
+        types = model_types(atoms, self.backend.type_names)
+        energies, g, vectors, edge_index = edge_results(atoms, self.backend, types)
+        self.watch(vectors, edge_index, types)
         energies, g = energies * self.ev_per_energy_unit, g * self.ev_per_energy_unit
         forces = np.zeros((len(atoms), 3))
         np.add.at(forces, edge_index[0], g)
