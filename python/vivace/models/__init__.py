@@ -45,10 +45,17 @@ def load_weights(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]) ->
     """Trained weights into a model of either dtype (float32 training serves float64 models). Buffers are
     constants of the hyperparameters, built with the model: one stored in another dtype keeps the model's own
     value rather than a rounded copy, and one the model does not store (a checkpoint written when ZBL's
-    constants were stored) is left out."""
+    constants were stored, under their names then) is left out."""
     own, stored = dict(model.named_buffers()), set(model.state_dict())
+
+    def unstored_constant(key: str) -> bool:
+        return key not in stored and (key in own or key.endswith(RETIRED_CONSTANTS))
+
     model.load_state_dict({k: own[k] if k in own and v.dtype != own[k].dtype else v for k, v in state_dict.items()
-                           if k in stored or k not in own})
+                           if not unstored_constant(k)})
+
+
+RETIRED_CONSTANTS = ("zbl.z", "zbl.phi_c", "zbl.phi_d")  # stored by ZBL until its constants became per-pair tables
 
 
 __all__ = [

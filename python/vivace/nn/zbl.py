@@ -18,9 +18,13 @@ from torch import nn
 from ..units import unit_style
 
 BOHR_SCREENING = 0.46850  # Angstrom
-PHI_COEFFICIENTS = (0.18175, 0.50986, 0.28022, 0.02817)
-PHI_EXPONENTS = (3.19980, 0.94229, 0.40290, 0.20162)
 CORE_ON, CORE_OFF = 0.7, 0.9  # the core's switch, in fractions of the data's shortest distance for the pair
+
+
+def screening_function(x: torch.Tensor) -> torch.Tensor:
+    """ZBL's universal phi(x), x = r / a_ij."""
+    return (0.18175 * torch.exp(-3.19980 * x) + 0.50986 * torch.exp(-0.94229 * x)
+            + 0.28022 * torch.exp(-0.40290 * x) + 0.02817 * torch.exp(-0.20162 * x))  # fmt: skip
 
 
 def core_switch(r: torch.Tensor, r_on: torch.Tensor, r_off: torch.Tensor) -> torch.Tensor:
@@ -31,26 +35,31 @@ def core_switch(r: torch.Tensor, r_on: torch.Tensor, r_off: torch.Tensor) -> tor
 
 
 class ZBL(nn.Module):
-    """core: the (T, T) shortest distances of the training data, for ZBL as a core (module docstring)."""
+    """core: the (T, T) shortest distances of the training data, for ZBL as a core (module docstring).
+
+    Everything that depends on the pair of types only is a (T, T) table, so an edge costs one lookup in each,
+    the four exponentials of phi, and the switch."""
 
     def __init__(self, atomic_numbers: List[int], units: str = "metal", core: Optional[Sequence[Sequence[float]]] = None):
         super().__init__()
-        self.coulomb = unit_style(units).coulomb_constant  # e^2 / (4 pi eps0) in the model's energy x A
-        self.screening = BOHR_SCREENING
         self.is_core = core is not None
+        z = torch.tensor(atomic_numbers, dtype=torch.float64)
+        z_screening = z.pow(0.23)
         shortest = torch.tensor(core if core is not None else [[1.0]], dtype=torch.float64)
         # constants of the hyperparameters, not stored with the weights: a checkpoint loads into a model with or
         # without the core
-        constants = {"z": torch.tensor(atomic_numbers, dtype=torch.float64),
-                     "phi_c": torch.tensor(PHI_COEFFICIENTS, dtype=torch.float64),
-                     "phi_d": torch.tensor(PHI_EXPONENTS, dtype=torch.float64),
-                     "core_on": CORE_ON * shortest, "core_off": CORE_OFF * shortest}  # fmt: skip
+        constants = {
+            "half_coulomb": 0.5 * unit_style(units).coulomb_constant * z[:, None] * z[None, :],  # k_e Z_i Z_j / 2
+            "inverse_screening": (z_screening[:, None] + z_screening[None, :]) / BOHR_SCREENING,  # 1 / a_ij
+            "core_on": CORE_ON * shortest,
+            "core_off": CORE_OFF * shortest,
+        }
         for name, value in constants.items():
             self.register_buffer(name, value, persistent=False)
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
-        for name in ("z", "phi_c", "phi_d", "core_on", "core_off"):
+        for name in ("half_coulomb", "inverse_screening", "core_on", "core_off"):
             setattr(self, name, getattr(self, name).to(torch.float64))
         return self
 
@@ -58,12 +67,9 @@ class ZBL(nn.Module):
         self, r: torch.Tensor, envelope: torch.Tensor, center_type: torch.Tensor, neighbor_type: torch.Tensor
     ) -> torch.Tensor:
         """Per-edge half pair energies (E,), float64."""
-        zi, zj = self.z[center_type], self.z[neighbor_type]
-        a = self.screening / (zi.pow(0.23) + zj.pow(0.23))
-        x = (r / a).unsqueeze(-1)
-        phi = (self.phi_c * torch.exp(-self.phi_d * x)).sum(-1)
+        phi = screening_function(r * self.inverse_screening[center_type, neighbor_type])
         if self.is_core:
             weight = core_switch(r, self.core_on[center_type, neighbor_type], self.core_off[center_type, neighbor_type])
         else:
             weight = envelope.to(torch.float64)
-        return 0.5 * self.coulomb * zi * zj / r * phi * weight
+        return self.half_coulomb[center_type, neighbor_type] / r * phi * weight
