@@ -205,6 +205,7 @@ def reference_data(s: System, workdir: str) -> list:
                            equilibrate=1500 if name.startswith("liquid") else 400, deform=deform, at_rest=at_rest)
         if at_rest:  # nvt_frames puts the structure at rest first
             _check_distances(s, found[0], name)
+            found[0].info["at_rest"] = True
         frames += found
     return frames
 
@@ -249,14 +250,17 @@ def isolated_atom_energies(s: System, workdir: str) -> Dict[str, float]:
     return energies
 
 
-def split(frames: list, workdir: str) -> None:
-    """train.xyz and val.xyz (a tenth, at random) in workdir, the same for both codes."""
+def split(frames: list, workdir: str, rest_copies: int = 1) -> None:
+    """train.xyz and val.xyz (a tenth, at random) in workdir, the same for both codes; each structure at rest
+    (the 0 K crystals, vacancies and slabs) `rest_copies` times in train.xyz."""
     import ase.io
 
     rng = np.random.default_rng(0)
     order = rng.permutation(len(frames))
     n_val = max(1, len(frames) // 10)
-    ase.io.write(os.path.join(workdir, "train.xyz"), [frames[k] for k in order[n_val:]])
+    train = [frames[k] for k in order[n_val:]]
+    train += [f for f in train if f.info.get("at_rest")] * (rest_copies - 1)
+    ase.io.write(os.path.join(workdir, "train.xyz"), train)
     ase.io.write(os.path.join(workdir, "val.xyz"), [frames[k] for k in order[:n_val]])
 
 
@@ -457,6 +461,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="train each code once per seed (its initial weights and shuffling; the data and the "
                              "validation split stay the same) and report each property's median and spread")
+    parser.add_argument("--rest-copies", type=int, default=1,
+                        help="each structure at rest (0 K crystal, vacancy, slab) this many times in the training "
+                             "set of both codes, which weights the 0 K structures that the properties are measured on")
     parser.add_argument("--remeasure", action="store_true",
                         help="measure the models an earlier run left in --workdir (same --systems and --seeds) "
                              "without making data or training: vivace's best checkpoint exported again with "
@@ -499,7 +506,7 @@ def main(argv=None) -> int:
                 t2 = t3 = time.monotonic()
             else:
                 os.makedirs(run_dir, exist_ok=True)
-                split(frames, run_dir)
+                split(frames, run_dir, args.rest_copies)
                 settings = list(args.set) + ([f"seed={seed}"] if seed else [])
                 with ThreadPoolExecutor(1) as pool:  # upstream trains in its own process, beside vivace
                     upstream = plugin and pool.submit(train_upstream_model, s, run_dir, args.minutes, args.threads,
@@ -548,6 +555,7 @@ def report(args, plugin, rows, notes) -> str:
                f"--threads {args.threads} --model {args.model} --energy-reference {args.energy_reference}"
                + "".join(f" --set {setting}" for setting in args.set)
                + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0] else "")
+               + (f" --rest-copies {args.rest_copies}" if args.rest_copies != 1 else "")
                + (" --remeasure" if args.remeasure else "")
                + (f" --upstream-source PATH --upstream-dtype {args.upstream_dtype}" if plugin else ""))  # fmt: skip
     header = (f"# {command}   ({time.strftime('%Y-%m-%d')}, {cpu_name()})\n"

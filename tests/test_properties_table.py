@@ -64,3 +64,22 @@ def test_both_codes_train_the_same_network_at_each_systems_cutoff(bench, size):
         assert ours["r_max"] == theirs["r_max"] == system.r_max
         assert ours.get("l_max") == theirs.get("l_max") == (system.l_max if size == "small" else None)
     assert bench.SYSTEMS["si"].r_max == 4.0  # Stillinger-Weber's reach, 3.77 A, is short of Si's second shell
+
+
+def test_rest_copies_repeat_the_structures_at_rest_in_training_only(bench, tmp_path):
+    import ase
+    import ase.io
+
+    frames = [ase.Atoms("Cu", positions=[[0, 0, k]], cell=[3, 3, 3], pbc=True) for k in range(40)]
+    for k in range(0, 40, 4):
+        frames[k].info["at_rest"] = True
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    once.mkdir(), twice.mkdir()
+    bench.split(frames, str(once))
+    bench.split(frames, str(twice), rest_copies=3)
+    z = {(folder, name): [float(a.positions[0, 2]) for a in ase.io.read(folder / f"{name}.xyz", ":")]
+         for folder in (once, twice) for name in ("train", "val")}  # fmt: skip
+    assert z[twice, "val"] == z[once, "val"] and len(z[once, "val"]) == 4
+    rest_in_train = [k for k in z[once, "train"] if k % 4 == 0]
+    assert 0 < len(rest_in_train) < 10
+    assert sorted(z[twice, "train"]) == sorted(z[once, "train"] + 2 * rest_in_train)
