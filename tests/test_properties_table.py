@@ -83,3 +83,24 @@ def test_rest_copies_repeat_the_structures_at_rest_in_training_only(bench, tmp_p
     rest_in_train = [k for k in z[once, "train"] if k % 4 == 0]
     assert 0 < len(rest_in_train) < 10
     assert sorted(z[twice, "train"]) == sorted(z[once, "train"] + 2 * rest_in_train)
+
+
+def test_stress_fit_finds_the_crystals_at_rest():
+    from ase.build import bulk
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    spec = importlib.util.spec_from_file_location("stress_fit", os.path.join(HERE, "..", "benchmarks", "stress_fit.py"))
+    stress_fit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stress_fit)
+
+    def labelled(atoms, forces):
+        atoms.calc = SinglePointCalculator(atoms, energy=0.0, forces=forces)
+        return atoms
+
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    sheared = np.array([[0.1, 0.0, 0.0], [-0.1, 0.0, 0.0]] * 4)  # the internal-strain forces of a perfect lattice
+    assert stress_fit.at_rest(labelled(si.copy(), sheared))
+    assert not stress_fit.at_rest(labelled(si.copy(), sheared * np.linspace(0.5, 1.5, 8)[:, None]))  # thermal
+    alloy = si.copy()
+    alloy.symbols[0] = "Ge"
+    assert not stress_fit.at_rest(labelled(alloy, np.zeros((8, 3))))
