@@ -23,7 +23,6 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-GPA_PER_EV_A3 = 160.21766208
 STRAINS = (0.0025, 0.005, 0.01, 0.02, 0.03)
 OFF_DIAGONAL = ([0, 0, 1], [1, 2, 2])
 
@@ -38,17 +37,18 @@ def stress_ratios(train_xyz: str, artifact: str) -> str:
     import ase.io
 
     from vivace.calculators import VivaceCalculator
+    from vivace.properties import EV_PER_A3_IN_GPA
 
     calc = VivaceCalculator(artifact)
     rows, seen = [], set()
     for atoms in ase.io.read(train_xyz, ":"):
-        reference = atoms.get_stress(voigt=False).copy() * GPA_PER_EV_A3
+        reference = atoms.get_stress(voigt=False).copy() * EV_PER_A3_IN_GPA
         if atoms.get_potential_energy() in seen:  # a copy (properties.py --rest-copies)
             continue
         seen.add(atoms.get_potential_energy())
         rest = at_rest(atoms)
         atoms.calc = calc
-        rows.append((rest, reference, atoms.get_stress(voigt=False) * GPA_PER_EV_A3))
+        rows.append((rest, reference, atoms.get_stress(voigt=False) * EV_PER_A3_IN_GPA))
     lines = [f"{'structure at rest':>18} {'shear ref GPa':>14} {'model/ref':>10} {'pressure ref GPa':>17} {'model/ref':>10}"]
     shear_ratios, pressure_ratios = [], []
     for rest, ref, model in rows:

@@ -75,7 +75,8 @@ def model_spec(config: Dict[str, Any], train_set: Sequence[Structure], type_name
         hyper["energy_shift"] = statistics.energy_shifts(train_set, len(type_names))
     hyper["energy_scale"] = [statistics.force_rms(train_set)] * len(type_names)
     hyper["shortest_distances"] = shortest_distances(train_set, type_names, hyper)
-    return {"kind": mcfg["kind"], "hyperparameters": hyper, "type_names": list(type_names), "dtype": mcfg["dtype"], "units": config["units"]}
+    return {"kind": mcfg["kind"], "hyperparameters": hyper, "type_names": list(type_names), "dtype": mcfg["dtype"],
+            "units": config["units"]}
 
 
 def shortest_distances(train_set: Sequence[Structure], type_names: List[str], hyper: Dict[str, Any]) -> List[List[float]]:
