@@ -215,6 +215,7 @@ def test_config_schema_errors(tmp_path):
         ({"training": {"ema": 0.9}}, r"unknown config key 'training.ema'"),
         ({"model": {"l_max": 2.5}}, r"'model.l_max' must be int"),
         ({"model": {"type_names": "Cu"}}, r"'model.type_names' must be list"),
+        ({"model": {"latent_update": "resnet"}}, r"'model.latent_update' must be one of concat, residual"),
         ({"data": {"train": str(tmp_path / "none.xyz")}}, r"'data.train': data file '.*none.xyz' does not exist"),
         ({"data": {**base["data"], "validation": {"path": "nope.npz"}}}, r"'data.validation': data file 'nope.npz'"),
         ({"training": {"init_from": "no.ckpt"}}, r"checkpoint 'no.ckpt' does not exist"),

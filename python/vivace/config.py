@@ -93,6 +93,7 @@ CHOICES = {
     "training.dtype": ("float32", "float64"),
     "model.neighbor_normalization": ("global", "per_type"),
     "model.cohesion_form": ("sqrt", "quadratic", "none"),
+    "model.latent_update": ("concat", "residual"),
     "model.readout_latents": ("all", "last"),
     "model.two_body_embedding": ("concat", "product"),
     "training.loss": ("mse", "huber"),
