@@ -20,6 +20,15 @@ given as a share of the whole step; peak memory is the resident peak of the larg
 lines. Python: the ASE calculator (VivaceCalculator) on the same .pt2, 2 threads, median time of an
 energy+forces call (neighbor list included) over --repeats calls, positions moved before each, up to
 --python-max-atoms.
+
+With --upstream-source PATH (a checkout of https://github.com/mir-group/pair_nequip_allegro) upstream Allegro
+runs the same structures through its own pair style (built unchanged as a plugin for the same wheel, as in
+properties.py): the same network (upstream_training.py's defaults are model_speed's Allegro), its weights after
+one epoch on EMT-labelled frames of the same alloy, compiled by nequip-compile (AOTInductor, float32), at each
+of --upstream-layouts (ranks x torch threads). Its model-level benchmark cannot run 12288 atoms here (one graph asks
+for 59.7 GB, benchmarks/results/model_speed.txt); domain decomposition over ranks is how it runs large systems,
+and the ranks share the machine's 2 cores and --upstream-memory-gb (each rank gets its share as an
+address-space limit, so a rank that outgrows it fails instead of the machine). Timed steps: --upstream-steps.
 """
 
 import argparse
@@ -109,6 +118,77 @@ run {steps}
     }
 
 
+def emt_frames(count: int = 8):
+    """Rattled copies of the 192-atom alloy labelled with ASE's EMT: something for upstream's one epoch."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(2)
+    frames = []
+    for _ in range(count):
+        atoms = alloy(192)
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        frames.append(atoms)
+    return frames
+
+
+def make_upstream_artifact(source: str, folder: str):
+    """(plugin path, artifact path): upstream's pair style as a plugin and model_speed's Allegro under
+    upstream's code, trained for one epoch and compiled for its pair style."""
+    import ase.io
+    from properties import build_upstream_plugin
+    from upstream_training import compile_upstream, train_upstream
+
+    plugin = build_upstream_plugin(source, folder)
+    frames = emt_frames()
+    train, val = os.path.join(folder, "emt_train.xyz"), os.path.join(folder, "emt_val.xyz")
+    ase.io.write(train, frames[2:])
+    ase.io.write(val, frames[:2])
+    start = time.perf_counter()
+    run = train_upstream("allegro", train, val, val, os.path.join(folder, "upstream"), 10.0, threads=2,
+                         hyper={"max_epochs": 1, "model_dtype": "float32"})  # fmt: skip
+    artifact = compile_upstream(os.path.join(run["run_dir"], "best.ckpt"), os.path.join(folder, "allegro.nequip.pt2"))
+    print(f"# upstream allegro: one epoch and nequip-compile {time.perf_counter() - start:.0f} s", flush=True)
+    return plugin, artifact
+
+
+def upstream_case(plugin, artifact, atoms, nprocs, threads, steps, folder, memory_gb):
+    """us/atom-step of upstream's pair style on nprocs ranks of `threads` torch threads, each limited to its
+    share of memory_gb of address space; None (with the reason printed) where a rank runs out."""
+    from vivace.lammps_run import LammpsError, lammps_command, run_lammps, write_data
+
+    os.makedirs(folder, exist_ok=True)
+    write_data(atoms, os.path.join(folder, "data.lmp"), TYPE_NAMES)
+    limit_kb = int(memory_gb * 1024 * 1024 / nprocs)
+    command = ["bash", "-c", f'ulimit -v {limit_kb} && exec "$0" "$@"', *lammps_command(nprocs)]
+    try:
+        out = run_lammps(
+            f"""units metal
+atom_style atomic
+read_data data.lmp
+plugin load {plugin}
+pair_style allegro/upstream
+pair_coeff * * {artifact} {' '.join(TYPE_NAMES)}
+velocity all create 300 4928 mom yes rot yes
+timestep 0.001
+fix nve all nve
+thermo 1000
+run 1
+run {steps}
+""",
+            folder, command=command, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), timeout=3600,
+        )  # fmt: skip
+    except LammpsError as e:
+        print(f"# upstream {len(atoms)} atoms, {nprocs} x {threads}: {str(e)[:300]}", flush=True)
+        return None
+    loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", out)
+    seconds, counted = float(loops[-1][0]), int(loops[-1][1])
+    return 1e6 * seconds / counted / len(atoms)
+
+
 def python_case(artifact, atoms, repeats):
     import torch
 
@@ -139,9 +219,16 @@ def main():
     parser.add_argument("--python-max-atoms", type=int, default=12288,
                         help="larger cases skip the ASE calculator (one graph of the whole system)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--upstream-source", default=None,
+                        help="a pair_nequip_allegro checkout: also run upstream Allegro through its pair style")
+    parser.add_argument("--upstream-layouts", nargs="+", default=["1x2", "2x1", "4x1", "8x1"],
+                        help="upstream's MPI ranks x torch threads per rank")
+    parser.add_argument("--upstream-steps", type=int, default=1, help="timed steps per upstream case (after one)")
+    parser.add_argument("--upstream-memory-gb", type=float, default=20.0,
+                        help="address space shared by upstream's ranks (this machine has 23 GB)")
     args = parser.parse_args()
 
-    rows = []
+    rows, upstream = [], {}
     with tempfile.TemporaryDirectory() as folder:
         for kind in args.models:
             artifact = make_artifact(kind, folder)
@@ -161,6 +248,17 @@ def main():
                         row["python"] = python_case(artifact, atoms, args.repeats if size < 12288 else 1)
                     rows.append(row)
                     print(f"# {row['kind']} {size}: {row}", flush=True)
+        if args.upstream_source and "allegro" in args.models:
+            plugin, artifact = make_upstream_artifact(os.path.abspath(args.upstream_source), folder)
+            for size in args.sizes:
+                atoms = alloy(size)
+                upstream[size] = {}
+                for layout in args.upstream_layouts:
+                    nprocs, threads = map(int, layout.split("x"))
+                    upstream[size][layout] = upstream_case(plugin, artifact, atoms, nprocs, threads, args.upstream_steps,
+                                                           os.path.join(folder, f"upstream-{size}-{layout}"),
+                                                           args.upstream_memory_gb)  # fmt: skip
+                print(f"# upstream allegro {size}: {upstream[size]}", flush=True)
 
     def cell(case):
         if case is None:
@@ -179,6 +277,20 @@ def main():
         share = " / ".join(f"{100 * c['overhead_share']:.1f}%" if c else "-" for c in (one, two))
         print(f"| {r['kind']} | {r['atoms']} | {cell(one)} | {cell(two)} | {f'{python:.1f}' if python else '-'} | "
               f"{ratio} | {share} |")
+    if upstream:
+        layouts = args.upstream_layouts
+        print("\n| atoms | vivace best us/atom-step | " + " | ".join(f"upstream {n}" for n in layouts)
+              + " | upstream best / vivace best |")
+        print("|---|---|" + "---|" * len(layouts) + "---|")
+        for r in rows:
+            if r["kind"] != "allegro" or r["atoms"] not in upstream:
+                continue
+            ours = min(c["us_atom_step"] for c in (r.get(1), r.get(2)) if c)
+            theirs = upstream[r["atoms"]]
+            done = [t for t in theirs.values() if t is not None]
+            ratio = f"{min(done) / ours:.1f}x" if done else "-"
+            print(f"| {r['atoms']} | {ours:.1f} | " + " | ".join(f"{theirs[n]:.1f}" if theirs[n] else "failed"
+                                                               for n in layouts) + f" | {ratio} |")
 
 
 if __name__ == "__main__":
