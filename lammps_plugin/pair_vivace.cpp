@@ -131,6 +131,11 @@ void PairVivace::load_model(const std::string &path) {
       device_index = preferred_cuda_device >= 0 ? preferred_cuda_device : node_rank % count;
     } else {
       vivace::keep_freed_memory_for_reuse();
+      std::string rebound;
+      for (const auto &name : vivace::bind_torch_blas_to_torch()) rebound += " " + name;
+      if (!rebound.empty() && comm->me == 0)
+        utils::logmesg(lmp, "pair_style {}: torch's BLAS calls bound to torch's own, not liblammps's reference BLAS:{}\n",
+                       kind, rebound);
     }
     model = std::make_unique<vivace::Model>(path, device_index);
     if (requested_chunk >= 0) model->set_edges_per_group(requested_chunk);

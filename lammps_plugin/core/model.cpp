@@ -8,6 +8,8 @@
 #include <c10/core/DeviceGuard.h>
 
 #if defined(__GLIBC__)
+#include <dlfcn.h>
+#include <link.h>
 #include <malloc.h>
 #endif
 
@@ -15,6 +17,7 @@
 #include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <cmath>
 #include <fstream>
@@ -61,6 +64,71 @@ std::map<std::string, std::string> parse_key_values(const std::string& text) {
 // whole process, so only the LAMMPS pair style asks for it (the Python bindings leave it to the user).
 // VIVACE_MALLOC_TUNING=0 leaves the allocator alone.
 }  // namespace
+
+#if defined(__GLIBC__) && defined(__x86_64__)
+namespace {
+
+// The address an ELF dynamic entry points at: glibc relocates some of them in place, others not.
+uintptr_t dynamic_address(const link_map* lib, ElfW(Addr) value) {
+  return value < lib->l_addr ? lib->l_addr + value : value;
+}
+
+struct WritableRange {
+  const link_map* lib;
+  uintptr_t relro_begin = 0, relro_end = 0;
+};
+
+int find_relro(dl_phdr_info* info, size_t, void* data) {
+  auto* range = static_cast<WritableRange*>(data);
+  if (info->dlpi_addr != range->lib->l_addr) return 0;
+  for (int k = 0; k < info->dlpi_phnum; ++k)
+    if (info->dlpi_phdr[k].p_type == PT_GNU_RELRO) {
+      range->relro_begin = info->dlpi_addr + info->dlpi_phdr[k].p_vaddr;
+      range->relro_end = range->relro_begin + info->dlpi_phdr[k].p_memsz;
+    }
+  return 1;
+}
+
+}  // namespace
+#endif
+
+std::vector<std::string> bind_torch_blas_to_torch() {
+  std::vector<std::string> rebound;
+#if defined(__GLIBC__) && defined(__x86_64__)
+  void* torch = dlopen("libtorch_cpu.so", RTLD_NOW | RTLD_NOLOAD);
+  link_map* lib = nullptr;
+  if (!torch || dlinfo(torch, RTLD_DI_LINKMAP, &lib) != 0 || !lib) return rebound;
+  const ElfW(Rela)* relocations = nullptr;
+  size_t relocations_size = 0;
+  const ElfW(Sym)* symbols = nullptr;
+  const char* names = nullptr;
+  for (const ElfW(Dyn)* d = lib->l_ld; d->d_tag != DT_NULL; ++d) {
+    if (d->d_tag == DT_JMPREL) relocations = reinterpret_cast<const ElfW(Rela)*>(dynamic_address(lib, d->d_un.d_ptr));
+    if (d->d_tag == DT_PLTRELSZ) relocations_size = d->d_un.d_val;
+    if (d->d_tag == DT_SYMTAB) symbols = reinterpret_cast<const ElfW(Sym)*>(dynamic_address(lib, d->d_un.d_ptr));
+    if (d->d_tag == DT_STRTAB) names = reinterpret_cast<const char*>(dynamic_address(lib, d->d_un.d_ptr));
+  }
+  if (!relocations || !symbols || !names) return rebound;
+  WritableRange range{lib};
+  dl_iterate_phdr(find_relro, &range);
+  for (size_t k = 0; k < relocations_size / sizeof(ElfW(Rela)); ++k) {
+    const ElfW(Rela)& r = relocations[k];
+    if (ELF64_R_TYPE(r.r_info) != R_X86_64_JUMP_SLOT) continue;
+    const ElfW(Sym)& sym = symbols[ELF64_R_SYM(r.r_info)];
+    if (sym.st_shndx == SHN_UNDEF || ELF64_ST_TYPE(sym.st_info) != STT_FUNC) continue;  // torch's own functions only
+    const char* name = names + sym.st_name;
+    if (name[0] == '_') continue;  // C++ (vague-linkage copies of the same code) and reserved names stay as bound
+    void* winner = dlsym(RTLD_DEFAULT, name);  // what the lazy binding resolves to: the first in the global scope
+    Dl_info where;
+    if (!winner || !dladdr(winner, &where) || !where.dli_fname || !std::strstr(where.dli_fname, "liblammps")) continue;
+    const uintptr_t slot = lib->l_addr + r.r_offset;
+    if (slot >= range.relro_begin && slot < range.relro_end) continue;  // read-only after relocation: leave it
+    *reinterpret_cast<void**>(slot) = reinterpret_cast<void*>(lib->l_addr + sym.st_value);
+    rebound.emplace_back(name);
+  }
+#endif
+  return rebound;
+}
 
 void keep_freed_memory_for_reuse() {
 #if defined(__GLIBC__)
