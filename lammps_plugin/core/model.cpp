@@ -85,20 +85,31 @@ uintptr_t dynamic_address(const link_map* lib, ElfW(Addr) value) {
   return value < lib->l_addr ? lib->l_addr + value : value;
 }
 
-struct WritableRange {
-  const link_map* lib;
+// Where libtorch_cpu's slots may be written (outside its RELRO segment) and where liblammps lies in memory.
+struct LoadedObjects {
+  const link_map* torch;
   uintptr_t relro_begin = 0, relro_end = 0;
+  std::vector<std::pair<uintptr_t, uintptr_t>> lammps;  // its PT_LOAD segments
+
+  bool in_lammps(const void* address) const {
+    const auto a = reinterpret_cast<uintptr_t>(address);
+    for (const auto& [begin, end] : lammps)
+      if (a >= begin && a < end) return true;
+    return false;
+  }
 };
 
-int find_relro(dl_phdr_info* info, size_t, void* data) {
-  auto* range = static_cast<WritableRange*>(data);
-  if (info->dlpi_addr != range->lib->l_addr) return 0;
-  for (int k = 0; k < info->dlpi_phnum; ++k)
-    if (info->dlpi_phdr[k].p_type == PT_GNU_RELRO) {
-      range->relro_begin = info->dlpi_addr + info->dlpi_phdr[k].p_vaddr;
-      range->relro_end = range->relro_begin + info->dlpi_phdr[k].p_memsz;
-    }
-  return 1;
+int survey_object(dl_phdr_info* info, size_t, void* data) {
+  auto* objects = static_cast<LoadedObjects*>(data);
+  const bool torch = info->dlpi_addr == objects->torch->l_addr;
+  const bool lammps = info->dlpi_name && std::strstr(info->dlpi_name, "liblammps");
+  for (int k = 0; k < info->dlpi_phnum; ++k) {
+    const ElfW(Phdr)& segment = info->dlpi_phdr[k];
+    const uintptr_t begin = info->dlpi_addr + segment.p_vaddr, end = begin + segment.p_memsz;
+    if (torch && segment.p_type == PT_GNU_RELRO) objects->relro_begin = begin, objects->relro_end = end;
+    if (lammps && segment.p_type == PT_LOAD) objects->lammps.emplace_back(begin, end);
+  }
+  return 0;
 }
 
 }  // namespace
@@ -107,8 +118,8 @@ int find_relro(dl_phdr_info* info, size_t, void* data) {
 std::vector<std::string> bind_torch_blas_to_torch() {
   std::vector<std::string> rebound;
 #if defined(__GLIBC__) && defined(__x86_64__)
-  const char* setting = std::getenv("VIVACE_TORCH_BLAS");  // opt-in: see model.h
-  if (!setting || std::string(setting) != "1") return rebound;
+  const char* setting = std::getenv("VIVACE_TORCH_BLAS");
+  if (setting && std::string(setting) == "0") return rebound;
   void* torch = dlopen("libtorch_cpu.so", RTLD_NOW | RTLD_NOLOAD);
   link_map* lib = nullptr;
   if (!torch || dlinfo(torch, RTLD_DI_LINKMAP, &lib) != 0 || !lib) return rebound;
@@ -123,8 +134,9 @@ std::vector<std::string> bind_torch_blas_to_torch() {
     if (d->d_tag == DT_STRTAB) names = reinterpret_cast<const char*>(dynamic_address(lib, d->d_un.d_ptr));
   }
   if (!relocations || !symbols || !names) return rebound;
-  WritableRange range{lib};
-  dl_iterate_phdr(find_relro, &range);
+  LoadedObjects objects{lib};
+  dl_iterate_phdr(survey_object, &objects);
+  if (objects.lammps.empty()) return rebound;
   for (size_t k = 0; k < relocations_size / sizeof(ElfW(Rela)); ++k) {
     const ElfW(Rela)& r = relocations[k];
     if (ELF64_R_TYPE(r.r_info) != R_X86_64_JUMP_SLOT) continue;
@@ -132,11 +144,11 @@ std::vector<std::string> bind_torch_blas_to_torch() {
     if (sym.st_shndx == SHN_UNDEF || ELF64_ST_TYPE(sym.st_info) != STT_FUNC) continue;  // torch's own functions only
     const char* name = names + sym.st_name;
     if (name[0] == '_') continue;  // C++ (vague-linkage copies of the same code) and reserved names stay as bound
-    void* winner = dlsym(RTLD_DEFAULT, name);  // what the lazy binding resolves to: the first in the global scope
-    Dl_info where;
-    if (!winner || !dladdr(winner, &where) || !where.dli_fname || !std::strstr(where.dli_fname, "liblammps")) continue;
+    // what the lazy binding resolves to: the first in the global scope (an address-range test, not dladdr, which
+    // scans a whole symbol table per call: 13 s for libtorch_cpu's slots)
+    if (!objects.in_lammps(dlsym(RTLD_DEFAULT, name))) continue;
     const uintptr_t slot = lib->l_addr + r.r_offset;
-    if (slot >= range.relro_begin && slot < range.relro_end) continue;  // read-only after relocation: leave it
+    if (slot >= objects.relro_begin && slot < objects.relro_end) continue;  // read-only after relocation: leave it
     *reinterpret_cast<void**>(slot) = reinterpret_cast<void*>(lib->l_addr + sym.st_value);
     rebound.emplace_back(name);
   }
