@@ -21,14 +21,15 @@ lines. Python: the ASE calculator (VivaceCalculator) on the same .pt2, 2 threads
 energy+forces call (neighbor list included) over --repeats calls, positions moved before each, up to
 --python-max-atoms.
 
-With --upstream-source PATH (a checkout of https://github.com/mir-group/pair_nequip_allegro) upstream Allegro
-runs the same structures through its own pair style (built unchanged as a plugin for the same wheel, as in
-properties.py): the same network (upstream_training.py's defaults are model_speed's Allegro), its weights after
-one epoch on EMT-labelled frames of the same alloy, compiled by nequip-compile (AOTInductor, in --dtype), at each
-of --upstream-layouts (ranks x torch threads). Its model-level benchmark cannot run 12288 atoms here (one graph asks
-for 59.7 GB, benchmarks/results/model_speed.txt); domain decomposition over ranks is how it runs large systems,
-and the ranks share the machine's 2 cores and --upstream-memory-gb (each rank gets its share as an
-address-space limit, so a rank that outgrows it fails instead of the machine). Timed steps: --upstream-steps.
+With --upstream-source PATH (a checkout of https://github.com/mir-group/pair_nequip_allegro) upstream's models
+(each of --models) run the same structures through its own pair styles (built unchanged as a plugin for the same
+wheel, as in properties.py): the same networks (UPSTREAM_HYPER), their weights after one epoch on EMT-labelled
+frames of the same alloy, compiled by nequip-compile (AOTInductor, in --dtype), at each of --upstream-layouts
+(ranks x torch threads; its pair_nequip refuses more than one rank, so NequIP gets the one-rank layouts, with
+newton off as it requires). Its model-level benchmark cannot run Allegro on 12288 atoms here (one graph asks for
+59.7 GB, benchmarks/results/model_speed.txt); domain decomposition over ranks is how it runs large systems, and
+the ranks share the machine's 2 cores and --upstream-memory-gb (each rank gets its share as an address-space
+limit, so a rank that outgrows it fails instead of the machine). Timed steps: --upstream-steps.
 """
 
 import argparse
@@ -141,27 +142,28 @@ def emt_frames(count: int = 8):
     return frames
 
 
-def make_upstream_artifact(source: str, folder: str, dtype: str = "float32"):
-    """(plugin path, artifact path): upstream's pair style as a plugin and model_speed's Allegro under
-    upstream's code, trained for one epoch and compiled for its pair style."""
+# upstream's names for MODELS' networks (upstream_training.py's defaults are model_speed's Allegro)
+UPSTREAM_HYPER = {"allegro": {}, "nequip": {"num_layers": 2, "radial_mlp_depth": 1, "radial_mlp_width": 128}}
+
+
+def make_upstream_artifact(kind: str, folder: str, dtype: str = "float32") -> str:
+    """MODELS[kind] under upstream's code, trained for one epoch on EMT frames and compiled for its pair style."""
     import ase.io
-    from properties import build_upstream_plugin
     from upstream_training import compile_upstream, train_upstream
 
-    plugin = build_upstream_plugin(source, folder)
     frames = emt_frames()
     train, val = os.path.join(folder, "emt_train.xyz"), os.path.join(folder, "emt_val.xyz")
     ase.io.write(train, frames[2:])
     ase.io.write(val, frames[:2])
     start = time.perf_counter()
-    run = train_upstream("allegro", train, val, val, os.path.join(folder, "upstream"), 10.0, threads=2,
-                         hyper={"max_epochs": 1, "model_dtype": dtype})  # fmt: skip
-    artifact = compile_upstream(os.path.join(run["run_dir"], "best.ckpt"), os.path.join(folder, "allegro.nequip.pt2"))
-    print(f"# upstream allegro: one epoch and nequip-compile {time.perf_counter() - start:.0f} s", flush=True)
-    return plugin, artifact
+    run = train_upstream(kind, train, val, val, os.path.join(folder, f"upstream-{kind}"), 10.0, threads=2,
+                         hyper={"max_epochs": 1, "model_dtype": dtype, **UPSTREAM_HYPER[kind]})  # fmt: skip
+    artifact = compile_upstream(os.path.join(run["run_dir"], "best.ckpt"), os.path.join(folder, f"{kind}.nequip.pt2"))
+    print(f"# upstream {kind}: one epoch and nequip-compile {time.perf_counter() - start:.0f} s", flush=True)
+    return artifact
 
 
-def upstream_case(plugin, artifact, atoms, nprocs, threads, steps, folder, memory_gb):
+def upstream_case(kind, plugin, artifact, atoms, nprocs, threads, steps, folder, memory_gb):
     """us/atom-step of upstream's pair style on nprocs ranks of `threads` torch threads, each limited to its
     share of memory_gb of address space; None (with the reason printed) where a rank runs out."""
     import torch
@@ -170,7 +172,9 @@ def upstream_case(plugin, artifact, atoms, nprocs, threads, steps, folder, memor
 
     limit_kb = int(memory_gb * 1024 * 1024 / nprocs)
     command = ["bash", "-c", f'ulimit -v {limit_kb} && exec "$0" "$@"', *lammps_command(nprocs)]
-    pair_lines = f"plugin load {plugin}\npair_style allegro/upstream\npair_coeff * * {artifact} {' '.join(TYPE_NAMES)}"
+    newton = "newton off on" if kind == "nequip" else ""  # upstream's nequip requires newton pair off
+    pair_lines = f"plugin load {plugin}\n{newton}\npair_style {kind}/upstream\n"
+    pair_lines += f"pair_coeff * * {artifact} {' '.join(TYPE_NAMES)}"
     # the wheel's liblammps.so defines a reference BLAS (dgemm_, ...) that would otherwise take torch's float64
     # products in upstream's pair style; vivace's rebinds them to torch's (bind_torch_blas_to_torch)
     torch_cpu = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
@@ -180,7 +184,7 @@ def upstream_case(plugin, artifact, atoms, nprocs, threads, steps, folder, memor
     except LammpsError as e:
         lines = e.output.splitlines()
         reason = next((l for l in lines if "allocate" in l or "ERROR" in l or "Error" in l), str(e))
-        print(f"# upstream {len(atoms)} atoms, {nprocs} x {threads} failed: {reason[:300]}", flush=True)
+        print(f"# upstream {kind} {len(atoms)} atoms, {nprocs} x {threads} failed: {reason[:300]}", flush=True)
         return None
     return 1e6 * per_step / len(atoms)
 
@@ -217,7 +221,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="of every model")
     parser.add_argument("--upstream-source", default=None,
-                        help="a pair_nequip_allegro checkout: also run upstream Allegro through its pair style")
+                        help="a pair_nequip_allegro checkout: also run upstream's models through its pair styles")
     parser.add_argument("--upstream-layouts", nargs="+", default=["1x2", "2x1", "4x1", "8x1"],
                         help="upstream's MPI ranks x torch threads per rank")
     parser.add_argument("--upstream-steps", type=int, default=1, help="timed steps per upstream case (after one)")
@@ -245,17 +249,24 @@ def main():
                         row["python"] = python_case(artifact, atoms, args.repeats if size < 12288 else 1)
                     rows.append(row)
                     print(f"# {row['kind']} {size}: {row}", flush=True)
-        if args.upstream_source and "allegro" in args.models:
-            plugin, artifact = make_upstream_artifact(os.path.abspath(args.upstream_source), folder, args.dtype)
+        if args.upstream_source:
+            from properties import build_upstream_plugin
+
+            plugin = build_upstream_plugin(os.path.abspath(args.upstream_source), folder)
+        for kind in args.models if args.upstream_source else ():
+            artifact = make_upstream_artifact(kind, folder, args.dtype)
+            layouts = args.upstream_layouts
+            if kind == "nequip":  # upstream's pair_nequip stops on more than one MPI rank
+                layouts = [l for l in layouts if l.startswith("1x")] or ["1x2"]
             for size in args.sizes:
                 atoms = alloy(size)
-                upstream[size] = {}
-                for layout in args.upstream_layouts:
+                theirs = upstream[(kind, size)] = {}
+                for layout in layouts:
                     nprocs, threads = map(int, layout.split("x"))
-                    upstream[size][layout] = upstream_case(plugin, artifact, atoms, nprocs, threads, args.upstream_steps,
-                                                           os.path.join(folder, f"upstream-{size}-{layout}"),
-                                                           args.upstream_memory_gb)  # fmt: skip
-                print(f"# upstream allegro {size}: {upstream[size]}", flush=True)
+                    theirs[layout] = upstream_case(kind, plugin, artifact, atoms, nprocs, threads, args.upstream_steps,
+                                                   os.path.join(folder, f"upstream-{kind}-{size}-{layout}"),
+                                                   args.upstream_memory_gb)  # fmt: skip
+                print(f"# upstream {kind} {size}: {theirs}", flush=True)
 
     def cell(case):
         if case is None:
@@ -275,20 +286,19 @@ def main():
         print(f"| {r['kind']} | {r['atoms']} | {cell(one)} | {cell(two)} | {f'{python:.1f}' if python else '-'} | "
               f"{ratio} | {share} |")
     if upstream:
-        layouts = args.upstream_layouts
-        print("\n| atoms | vivace best us/atom-step | " + " | ".join(f"upstream {n}" for n in layouts)
-              + " | upstream best / vivace best |")
-        print("|---|---|" + "---|" * len(layouts) + "---|")
+        print("\n| model | atoms | vivace best us/atom-step | upstream us/atom-step by ranks x threads | "
+              "upstream best / vivace best |")
+        print("|---|---|---|---|---|")
         for r in rows:
-            if r["kind"] != "allegro" or r["atoms"] not in upstream:
-                continue
+            kind = r["kind"].split()[0]
+            if r["kind"] not in ("allegro", "nequip exchange") or (kind, r["atoms"]) not in upstream:
+                continue  # vivace's NequIP against upstream's in its default mode
             ours = min(c["us_atom_step"] for c in (r.get(1), r.get(2)) if c)
-            theirs = upstream[r["atoms"]]
+            theirs = upstream[(kind, r["atoms"])]
             done = [t for t in theirs.values() if t is not None]
             ratio = f"{min(done) / ours:.1f}x" if done else "-"
-            print(f"| {r['atoms']} | {ours:.1f} | " + " | ".join(f"{theirs[n]:.1f}" if theirs[n] else "failed"
-                                                               for n in layouts) + f" | {ratio} |")
-
+            layouts = ", ".join(f"{n}: {t:.1f}" if t else f"{n}: failed" for n, t in theirs.items())
+            print(f"| {r['kind']} | {r['atoms']} | {ours:.1f} | {layouts} | {ratio} |")
 
 if __name__ == "__main__":
     main()
