@@ -300,5 +300,6 @@ def main():
             layouts = ", ".join(f"{n}: {t:.1f}" if t else f"{n}: failed" for n, t in theirs.items())
             print(f"| {r['kind']} | {r['atoms']} | {ours:.1f} | {layouts} | {ratio} |")
 
+
 if __name__ == "__main__":
     main()
