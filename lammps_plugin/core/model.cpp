@@ -112,12 +112,8 @@ int survey_object(dl_phdr_info* info, size_t, void* data) {
   return 0;
 }
 
-}  // namespace
-#endif
-
-std::vector<std::string> bind_torch_blas_to_torch() {
+std::vector<std::string> rebind_torch_blas_slots() {
   std::vector<std::string> rebound;
-#if defined(__GLIBC__) && defined(__x86_64__)
   const char* setting = std::getenv("VIVACE_TORCH_BLAS");
   if (setting && std::string(setting) == "0") return rebound;
   void* torch = dlopen("libtorch_cpu.so", RTLD_NOW | RTLD_NOLOAD);
@@ -152,8 +148,19 @@ std::vector<std::string> bind_torch_blas_to_torch() {
     *reinterpret_cast<void**>(slot) = reinterpret_cast<void*>(lib->l_addr + sym.st_value);
     rebound.emplace_back(name);
   }
-#endif
   return rebound;
+}
+
+}  // namespace
+#endif
+
+std::vector<std::string> bind_torch_blas_to_torch() {
+#if defined(__GLIBC__) && defined(__x86_64__)
+  static const std::vector<std::string> rebound = rebind_torch_blas_slots();  // once per process
+  return rebound;
+#else
+  return {};
+#endif
 }
 
 namespace {

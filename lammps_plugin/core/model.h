@@ -123,8 +123,8 @@ void keep_freed_memory_for_reuse();
 // optimised ones through lazily bound PLT slots, which therefore resolve to LAMMPS's: every float64 matrix
 // product of a model ran the reference BLAS (float32's sgemm_ is not in liblammps). This points those slots of
 // libtorch_cpu (C names only) back at libtorch's own definitions and returns their names: none where nothing
-// was bound to liblammps, or on platforms other than x86-64 glibc. Process-wide; VIVACE_TORCH_BLAS=0 leaves the
-// slots alone.
+// was bound to liblammps, or on platforms other than x86-64 glibc. Process-wide, done by the first call (later
+// calls return the same names); VIVACE_TORCH_BLAS=0 leaves the slots alone.
 std::vector<std::string> bind_torch_blas_to_torch();
 
 void set_num_threads(int n);
