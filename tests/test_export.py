@@ -199,3 +199,24 @@ def test_one_model_shared_by_threads(artifact):
         results = list(pool.map(lambda _: model.evaluate(vectors, edge_index, types, len(atoms)), range(8)))
     for energy, forces in results:
         assert np.array_equal(energy, serial[0]) and np.array_equal(forces, serial[1])
+
+
+def test_nequip_pt2_takes_graphs_past_inductors_sort_limit(artifact):
+    """A NequIP .pt2 sorts its edges to find reverse pairs; inductor's sort would have capped a graph's edges,
+    and so its radial MLP's rows (one per pair), at the int16 limit (32766) by a guard on the traced example.
+    A graph past it runs as one program and agrees with the eager model on every atom."""
+    from vivace import _core
+    from vivace.calculators import atom_forces_of_edges
+    from vivace.data import neighbor_graph
+
+    atoms = alloy("orthogonal").repeat((5, 5, 4))
+    types = np.array([TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()], dtype=np.int64)
+    edge_index, shifts = neighbor_graph(atoms.positions, atoms.cell.array, atoms.pbc, MODELS["nequip"]["r_max"])
+    vectors = atoms.positions[edge_index[1]] - atoms.positions[edge_index[0]] + shifts
+    assert vectors.shape[0] > 2 * 32766  # more pairs than the cap; without programs, one program runs them all
+    energy, forces = _core.Model(artifact("nequip", "float64", "pt2", exchange=False)).evaluate(
+        vectors, edge_index, types, len(atoms))
+    ref = properties(atoms, artifact("nequip", "float64", "ckpt"))
+    scale = np.abs(ref["forces"]).max()
+    assert np.abs(energy - ref["energies"]).max() <= 1e-10 * np.abs(ref["energies"]).max()
+    assert np.abs(atom_forces_of_edges(forces, edge_index, len(atoms)) - ref["forces"]).max() <= 1e-10 * scale

@@ -335,6 +335,44 @@ def test_gate_is_the_same_in_both_executions():
     assert torch.equal(gate(flipped)[:, 3:5], -results[0][0][:, 3:5])
 
 
+def test_reverse_pair_rows():
+    """An edge shares its reverse's row only where the pair and its reverse each occur once."""
+    from vivace.models.common import reverse_pair_rows
+
+    # (0, 1) once each way; (2, 3) twice each way (two periodic images); 0 -> 5 whose reverse is absent
+    # (5 is no center); a self-pair 4 -> 4 through two images; 3 -> 1 and 1 -> 3 once each
+    edges = [(0, 1), (2, 3), (0, 5), (1, 0), (3, 2), (4, 4), (2, 3), (3, 1), (4, 4), (3, 2), (1, 3)]
+    edge_index = torch.tensor(edges).T
+    rows, slot = reverse_pair_rows(edge_index, 6)
+    assert rows.tolist() == [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    reads = [int(rows[s]) for s in slot]
+    assert reads == [0, 1, 2, 0, 4, 5, 6, 10, 8, 9, 10]
+    empty_rows, empty_slot = reverse_pair_rows(torch.zeros(2, 0, dtype=torch.long), 3)
+    assert empty_rows.numel() == 0 and empty_slot.numel() == 0
+
+
+@pytest.mark.parametrize("execution", ["eager", "export"])
+def test_nequip_shares_radial_weights_exactly(execution, monkeypatch):
+    """NequIP's radial MLP runs once per pair i <-> j: energies, forces and stress equal those of the same
+    model running it on every edge, in a cell small enough that periodic images repeat pairs."""
+    import vivace.models.nequip as nequip
+    from vivace.nn.execution import set_execution
+
+    model = set_execution(make("nequip", MODELS["nequip"], "float64"), execution)
+    small, large = alloy("triclinic", seed=4), alloy("triclinic", seed=4).repeat((2, 2, 1))
+    for atoms in (small, large):
+        shared = results(model, MODELS["nequip"], atoms)
+        every = lambda edge_index, num_nodes: (torch.arange(edge_index.shape[1]),) * 2  # noqa: E731
+        with monkeypatch.context() as m:
+            m.setattr(nequip, "reverse_pair_rows", every)
+            alone = results(model, MODELS["nequip"], atoms)
+        for key in ("energy", "forces", "stress"):
+            close(shared[key], alone[key], 1e-12)
+    vectors, edge_index, _ = graph_inputs(large)
+    rows, _ = nequip.reverse_pair_rows(edge_index, len(large))
+    assert rows.numel() < 0.75 * edge_index.shape[1]
+
+
 def zbl_pair_energy(r, z1, z2):
     """The ZBL universal screened Coulomb energy of one pair (eV, r in A), written out from its formula."""
     a = 0.46850 / (z1**0.23 + z2**0.23)

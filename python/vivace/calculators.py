@@ -77,6 +77,14 @@ def edge_results(atoms, backend, types: Optional[np.ndarray] = None) -> Tuple[np
     return energies, edge_forces, vectors, edge_index
 
 
+def atom_forces_of_edges(edge_forces: np.ndarray, edge_index: np.ndarray, num_atoms: int) -> np.ndarray:
+    """(atoms, 3): edge force g = dE/dr_ij acts as +g on i and -g on j."""
+    forces = np.zeros((num_atoms, 3))
+    np.add.at(forces, edge_index[0], edge_forces)
+    np.add.at(forces, edge_index[1], -edge_forces)
+    return forces
+
+
 def atom_virials(edge_forces: np.ndarray, vectors: np.ndarray, edge_index: np.ndarray, num_atoms: int) -> np.ndarray:
     """Per-atom virials (N, 3, 3): each edge's W = -r_ij (x) g_ij, half to i and half to j (as the pair style)."""
     w = -0.5 * vectors[:, :, None] * edge_forces[:, None, :]
@@ -144,9 +152,7 @@ class VivaceCalculator(Calculator):
         energies, g, vectors, edge_index = edge_results(atoms, self.backend, types)
         self.watch(vectors, edge_index, types)
         energies, g = energies * self.ev_per_energy_unit, g * self.ev_per_energy_unit
-        forces = np.zeros((len(atoms), 3))
-        np.add.at(forces, edge_index[0], g)
-        np.add.at(forces, edge_index[1], -g)
+        forces = atom_forces_of_edges(g, edge_index, len(atoms))
         self.results = {
             "energy": float(energies.sum()),
             "free_energy": float(energies.sum()),

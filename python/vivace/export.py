@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .calculators import atom_forces_of_edges
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .data import neighbor_graph
 from .models import EdgeForceModel
@@ -86,6 +87,11 @@ def _aoti_files(module, example, dynamic_shapes, options, build_dir):
     finally:
         set_execution(module, "eager")
     program = torch.export.export(graph, example, dynamic_shapes=dynamic_shapes, strict=False)
+    if example[0].device.type == "cpu":
+        # inductor's sort has no CPU kernel and falls back to ATen's, but first guards its length below the
+        # int16 index limit on the example's sizes: it would cap the edges of every graph at 32766 (NequIP's
+        # reverse pairs sort the edges). The int32 indices of this option move that cap to 2^31 - 1.
+        options = {**options, "triton.decompose_sort_ops": True}
     return torch._inductor.aot_compile(
         program.module(check_guards=False),
         example,
@@ -197,8 +203,11 @@ def _check_exchange(model, wrapper, spec: Dict, device: str) -> float:
     images, owner = images_as_nodes(edge_index, shifts, len(types))
     energy, forces = model.evaluate_exchanging(vectors, images, np.concatenate([types, types[owner]]), len(types), owner)
     ref_energy, ref_forces = wrapper(*_torch_inputs(vectors, edge_index, types, len(types), device))
-    return _relative_deviation(energy[: len(types)], forces, ref_energy.detach().cpu().numpy(),
-                               ref_forces.detach().cpu().numpy())  # fmt: skip
+    # compared on the atoms: the whole graph computes the radial MLP once per pair of reverse edges, the programs
+    # once per edge, so a pair's radial force may sit on either of its two edges
+    on_atoms = lambda g: np.concatenate([atom_forces_of_edges(g, edge_index, len(types)), vectors.T @ g])  # noqa: E731
+    return _relative_deviation(energy[: len(types)], on_atoms(forces), ref_energy.detach().cpu().numpy(),
+                               on_atoms(ref_forces.detach().cpu().numpy()))  # fmt: skip
 
 
 def default_kernel(model: torch.nn.Module, device: str) -> str:
@@ -244,6 +253,8 @@ def export(
         if device != "cpu":
             raise ExportError(f"the '{kernel}' kernel runs on a CPU only; export with --kernel torch for {device}")
         model.use_kernel(kernel)
+    if device != "cpu" and hasattr(model, "share_reverse_pairs"):
+        model.share_reverse_pairs = False  # inductor's GPU sort would cap the edges of a graph at 32766
     wrapper = EdgeForceModel(model).eval()
     metadata = artifact_metadata(model, spec, device, fmt, kernel, exchange)
     vectors, edge_index, types = random_graph(len(spec["type_names"]), float(spec["hyperparameters"]["r_max"]), 8, 0)

@@ -88,6 +88,28 @@ class EdgeGeometry(nn.Module):
         return r, envelope, basis, self.sh(edge_vectors.to(dtype))
 
 
+def reverse_pair_rows(edge_index: torch.Tensor, num_nodes: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(rows, slot): what depends on an edge's length only is the same for i -> j and j -> i, so it is
+    computed once per pair. `rows` are the edges it is computed for, and edge e reads row slot[e] of the
+    result. An edge i -> j with i > j whose pair (i, j) and reverse (j, i) each occur exactly once reads its
+    reverse's row; every other edge (a pair repeated through periodic images, a neighbor that is no center)
+    has a row of its own."""
+    center, neighbor = edge_index[0], edge_index[1]
+    key = center * num_nodes + neighbor
+    sorted_key, order = torch.sort(key)
+    reverse_key = neighbor * num_nodes + center
+    first = torch.searchsorted(sorted_key, reverse_key)
+    once = torch.searchsorted(sorted_key, key, right=True) - torch.searchsorted(sorted_key, key) == 1
+    reverse_once = torch.searchsorted(sorted_key, reverse_key, right=True) - first == 1
+    shared = once & reverse_once & (center > neighbor)
+    own = ~shared
+    rows = torch.nonzero(own).squeeze(1)
+    row_of_edge = torch.cumsum(own.to(torch.int64), 0) - 1
+    reverse = order.index_select(0, first.clamp(max=key.shape[0] - 1))
+    slot = torch.where(shared, row_of_edge.index_select(0, reverse), row_of_edge)
+    return rows, slot
+
+
 COHESION_FORMS = ("sqrt", "quadratic", "none")
 
 

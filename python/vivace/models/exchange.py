@@ -57,7 +57,8 @@ class _Program(nn.Module):
             h_centers, h_all = self.model.initial_features(center_types), self.model.initial_features(atom_types)
         else:
             h_all = torch.cat([h_centers, h_others])
-        return self.model.layer(self.k, h_centers, h_all, center_types, atom_types, sh, basis, edge_index)
+        # the radial MLP on every edge: a program runs on a group of centers, which seldom holds an edge's reverse
+        return self.model.layer(self.k, h_centers, h_all, center_types, atom_types, sh, (basis, None), edge_index)
 
 
 class FirstLayer(_Program):
