@@ -218,14 +218,16 @@ def upstream_round(kind, size, atoms, plugin, artifact, folder, args, theirs, ro
     layouts = args.upstream_layouts
     if kind == "nequip":  # upstream's pair_nequip stops on more than one MPI rank
         layouts = [l for l in layouts if l.startswith("1x")] or ["1x2"]
+    this_round = {}
     for layout in layouts:
         if layout in theirs and theirs[layout] is None:
             continue  # ran out of memory in an earlier round
         nprocs, threads = map(int, layout.split("x"))
-        t = upstream_case(kind, plugin, artifact, atoms, nprocs, threads, args.upstream_steps,
-                          os.path.join(folder, f"upstream-{kind}-{size}-{layout}"), args.upstream_memory_gb)  # fmt: skip
+        t = this_round[layout] = upstream_case(kind, plugin, artifact, atoms, nprocs, threads, args.upstream_steps,
+                                               os.path.join(folder, f"upstream-{kind}-{size}-{layout}"),
+                                               args.upstream_memory_gb)  # fmt: skip
         theirs[layout] = t if layout not in theirs or t is None else min(t, theirs[layout])
-    print(f"# round {round_ + 1}: upstream {kind} {size}: {theirs}", flush=True)
+    print(f"# round {round_ + 1}: upstream {kind} {size}: {this_round}", flush=True)
 
 
 def main():
@@ -270,16 +272,20 @@ def main():
                         atoms = alloy(size)
                         row = rows.setdefault((kind, mode, size), {"kind": f"{kind} {mode}".strip(), "atoms": size})
                         layouts = ((2, 1),) if size > 12288 else ((1, 2), (2, 1))
+                        this_round = {}
                         for nprocs, threads in layouts:
                             case = os.path.join(folder, f"{kind}-{mode}-{size}-{nprocs}")
                             options = " shell" if mode == "shell" else ""
                             result = lammps_case(kind, artifacts[kind], atoms, nprocs, threads, STEPS[kind][size], case,
                                                  options)  # fmt: skip
+                            this_round[nprocs] = result
                             if nprocs not in row or result["us_atom_step"] < row[nprocs]["us_atom_step"]:
                                 row[nprocs] = result
                         if round_ == 0 and size <= args.python_max_atoms and mode != "shell":
                             row["python"] = python_case(artifacts[kind], atoms, args.repeats if size < 12288 else 1)
-                        print(f"# round {round_ + 1}: {row['kind']} {size}: {row}", flush=True)
+                        if "python" in row:
+                            this_round["python"] = row["python"]
+                        print(f"# round {round_ + 1}: {row['kind']} {size}: {this_round}", flush=True)
                         if kind in upstream_artifacts and mode in ("", "exchange"):
                             upstream_round(kind, size, atoms, plugin, upstream_artifacts[kind], folder, args,
                                            upstream.setdefault((kind, size), {}), round_)  # fmt: skip
