@@ -97,15 +97,16 @@ def reverse_pair_rows(edge_index: torch.Tensor, num_nodes: int) -> Tuple[torch.T
     center, neighbor = edge_index[0], edge_index[1]
     key = center * num_nodes + neighbor
     sorted_key, order = torch.sort(key)
+    # a key occurs once where it differs from both sorted neighbours (cyclically: the first and last keys agree
+    # only when all do; a graph of one edge shares nothing anyway)
+    alone = (sorted_key != sorted_key.roll(1)) & (sorted_key != sorted_key.roll(-1))
+    once = torch.zeros_like(alone).index_put_((order,), alone)
     reverse_key = neighbor * num_nodes + center
-    first = torch.searchsorted(sorted_key, reverse_key)
-    once = torch.searchsorted(sorted_key, key, right=True) - torch.searchsorted(sorted_key, key) == 1
-    reverse_once = torch.searchsorted(sorted_key, reverse_key, right=True) - first == 1
-    shared = once & reverse_once & (center > neighbor)
+    reverse = order.index_select(0, torch.searchsorted(sorted_key, reverse_key).clamp(max=key.shape[0] - 1))
+    shared = once & once.index_select(0, reverse) & (key.index_select(0, reverse) == reverse_key) & (center > neighbor)
     own = ~shared
     rows = torch.nonzero(own).squeeze(1)
     row_of_edge = torch.cumsum(own.to(torch.int64), 0) - 1
-    reverse = order.index_select(0, first.clamp(max=key.shape[0] - 1))
     slot = torch.where(shared, row_of_edge.index_select(0, reverse), row_of_edge)
     return rows, slot
 
