@@ -90,6 +90,7 @@ def test_core_exchanging_matches_the_model(artifact, fmt):
     core = _core.Model(artifact("nequip", "float64", fmt))
     assert core.exchanges_features and core.metadata["exchange_layers"] == "2"
     assert core.metadata["feature_widths"] == "36 4"  # 4 x (0e 1o 2e), all that scalars x Y_l<=2 reach; then 4 x 0e
+    assert core.metadata["radial_widths"] == "12 12"  # 3 paths x 4 channels: 0e x Y_0,1,2; then (0e 0e, 1o 1o, 2e 2e)
     order = np.random.default_rng(0).permutation(len(vectors))  # edges in no particular order
     for edges_per_group in (0, 60):  # the whole graph at once; groups of a few centers, unsorted edges
         core.edges_per_group = edges_per_group
@@ -124,6 +125,57 @@ def test_artifact_without_programs(artifact, tmp_path):
     exchange = single_point(atoms, f"pair_style nequip\npair_coeff * * {artifact('nequip')} Al Cu", TYPE_NAMES,
                             str(tmp_path / "exchange"), nprocs=2)  # fmt: skip
     assert_close(shell.forces, exchange.forces, "shell vs exchange forces", 1e-10)
+
+
+def test_radial_rows_where_pairs_repeat_through_images(artifact):
+    """One rank whose ghosts are its own atoms (LAMMPS maps an image of a local atom to that atom): in a cell
+    smaller than twice the cutoff a pair i -> j occurs several times (through several images), so only pairs
+    that occur once in each direction may share a row of the radial table; the rest keep their own."""
+    from vivace import _core
+    from vivace.models.common import reverse_pair_rows
+
+    atoms = alloy("triclinic")[:9]
+    atoms.set_cell(np.diag([5.1, 5.6, 4.8]) + np.triu(np.full((3, 3), 0.4), 1), scale_atoms=True)
+    types = np.array([TYPE_NAMES.index(s) for s in atoms.get_chemical_symbols()])
+    edge_index, shifts = neighbor_graph(atoms.positions, atoms.cell.array, atoms.pbc, R_MAX)
+    vectors = atoms.positions[edge_index[1]] - atoms.positions[edge_index[0]] + shifts
+    rows, slot = reverse_pair_rows(torch.tensor(edge_index), len(types))
+    pairs = {}
+    for i, j in edge_index.T:
+        pairs[(i, j)] = pairs.get((i, j), 0) + 1
+    assert max(pairs.values()) > 1 and len(rows) < len(vectors)  # both kinds of pair are here
+    model, ref_energy, ref_forces = eager_reference(artifact("nequip", "float64", "ckpt"), vectors, edge_index, types)
+    no_owner = np.zeros(0, dtype=np.int64)
+    energy, forces = evaluate_exchanging(exchange_programs(model), torch.tensor(vectors), torch.tensor(edge_index),
+                                         torch.tensor(types), len(types), torch.tensor(no_owner))  # fmt: skip
+    assert_close(energy.detach().numpy(), ref_energy, "energies (Python)", 1e-12)
+    assert_same_on_atoms(forces.detach().numpy(), ref_forces, vectors, edge_index, len(types), "programs")
+    core = _core.Model(artifact("nequip", "float64", "pth"))
+    energy, forces = core.evaluate_exchanging(vectors, edge_index, types, len(types), no_owner)
+    assert_close(energy, ref_energy, "energies (core)", 1e-12)
+    assert_same_on_atoms(forces, ref_forces, vectors, edge_index, len(types), "core")
+
+
+def test_programs_of_an_older_export_are_refused(artifact, tmp_path):
+    """Layer programs exported before the radial table (metadata without radial_widths) took other inputs:
+    the core refuses them by name instead of misreading them, and one rank still runs the whole program."""
+    from vivace import _core
+    from vivace.export import TORCHSCRIPT_METADATA_FILE
+
+    extra = {TORCHSCRIPT_METADATA_FILE: ""}
+    module = torch.jit.load(artifact("nequip", "float64", "pth"), _extra_files=extra)
+    lines = extra[TORCHSCRIPT_METADATA_FILE].decode().splitlines()
+    assert any(line.startswith("radial_widths=") for line in lines)
+    old = str(tmp_path / "old.pth")
+    kept = "".join(line + "\n" for line in lines if not line.startswith("radial_widths="))
+    torch.jit.save(module, old, _extra_files={TORCHSCRIPT_METADATA_FILE: kept})
+    core = _core.Model(old)
+    vectors, edge_index, types, images, owner = image_graph("orthogonal")
+    with pytest.raises(RuntimeError, match="those of an older vivace .* export it again"):
+        core.evaluate_exchanging(vectors, images, np.concatenate([types, types[owner]]), len(types), owner)
+    _, ref_energy, _ = eager_reference(artifact("nequip", "float64", "ckpt"), vectors, edge_index, types)
+    energy, _ = core.evaluate(vectors, edge_index, types, len(types))
+    assert_close(energy, ref_energy, "energies", 1e-12)
 
 
 def test_shell_keyword_is_nequip_only(tmp_path, artifact):

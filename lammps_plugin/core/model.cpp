@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <numeric>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -215,6 +216,10 @@ Metadata Metadata::parse(const std::map<std::string, std::string>& raw) {
       m.feature_widths.push_back(static_cast<int>(to_double("feature_widths", w)));
     if (m.exchange_layers < 0 || static_cast<int>(m.feature_widths.size()) != m.exchange_layers)
       throw Error("artifact metadata exchange_layers and feature_widths disagree");
+    for (const auto& w : split_words(raw.count("radial_widths") ? raw.at("radial_widths") : ""))
+      m.radial_widths.push_back(static_cast<int>(to_double("radial_widths", w)));
+    if (!m.radial_widths.empty() && static_cast<int>(m.radial_widths.size()) != m.exchange_layers)
+      throw Error("artifact metadata exchange_layers and radial_widths disagree");
   }
   m.model_dtype = get("model_dtype");
   m.units = get("units");
@@ -423,7 +428,7 @@ void Model::evaluate(const Graph& g, double* atomic_energy, double* edge_forces)
   if (impl_->metadata.strictly_local() && edges_per_group_ > 0 && (g.num_edges > edges_per_group_ || side_by_side)) {
     evaluate_by_center_groups(g, atomic_energy, edge_forces);
   } else if (g.num_nodes == g.num_local && g.num_edges > kWholeProgramEdges && edges_per_group_ > 0 &&
-             impl_->metadata.exchange_layers > 0) {
+             impl_->metadata.exchange_layers > 0 && !impl_->metadata.radial_widths.empty()) {
     // a large graph of its own nodes only: the layer programs in groups bound the memory (NequIP, 12288
     // atoms, 516k edges: 3.0 GB peak whole, 0.5 GB in groups of 4096 edges, 1.2x the time)
     NoExchange none;
@@ -590,15 +595,55 @@ namespace {
 struct GroupGraph {
   int64_t e0, e1, n0, n1;
   torch::Tensor vectors, index, center_types, other_types, others;
+  torch::Tensor slot;  // the radial row of each of its edges
 };
+
+// The radial MLPs depend on an edge's length only, so i -> j and j -> i share one row of their table. For
+// edges sorted by center (all centers in [0, Nc)): edge e reads row slot[e], computed for edge row_edges[r].
+// An edge i -> j with i > j reads its reverse's row where both occur here exactly once (an edge to a ghost,
+// or a pair repeated through periodic images, has a row of its own): reverse_pair_rows in models/common.py.
+void reverse_pair_rows(const std::vector<int64_t>& center, const std::vector<int64_t>& neighbor, int64_t Nc,
+                       std::vector<int64_t>& slot, std::vector<int64_t>& row_edges) {
+  const int64_t E = static_cast<int64_t>(center.size());
+  std::vector<int64_t> first(Nc + 1, 0);  // center i's edges: [first[i], first[i + 1])
+  for (int64_t e = 0; e < E; ++e) ++first[center[e] + 1];
+  for (int64_t i = 0; i < Nc; ++i) first[i + 1] += first[i];
+  std::vector<int64_t> by_neighbor(E);  // within each center's range, its edges sorted by neighbor
+  std::iota(by_neighbor.begin(), by_neighbor.end(), int64_t(0));
+  auto neighbor_less = [&](int64_t a, int64_t b) { return neighbor[a] < neighbor[b]; };
+  for (int64_t i = 0; i < Nc; ++i)
+    std::sort(by_neighbor.begin() + first[i], by_neighbor.begin() + first[i + 1], neighbor_less);
+  auto only_edge = [&](int64_t i, int64_t j) -> int64_t {  // the edge i -> j if it occurs exactly once, else -1
+    auto begin = by_neighbor.begin() + first[i], end = by_neighbor.begin() + first[i + 1];
+    auto lo = std::lower_bound(begin, end, j, [&](int64_t e, int64_t n) { return neighbor[e] < n; });
+    return (lo != end && neighbor[*lo] == j && (lo + 1 == end || neighbor[*(lo + 1)] != j)) ? *lo : -1;
+  };
+  std::vector<int64_t> reverse(E, -1);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t i = center[e], j = neighbor[e];
+    if (j < i && only_edge(i, j) == e) reverse[e] = only_edge(j, i);
+  }
+  slot.assign(E, -1);
+  row_edges.clear();
+  for (int64_t e = 0; e < E; ++e)
+    if (reverse[e] < 0) {
+      slot[e] = static_cast<int64_t>(row_edges.size());
+      row_edges.push_back(e);
+    }
+  for (int64_t e = 0; e < E; ++e)
+    if (reverse[e] >= 0) slot[e] = slot[reverse[e]];
+}
 
 }  // namespace
 
 // Layer by layer with the features of the other nodes exchanged (see exchange.py for the programs):
-//   h_1 = layer_0(g); fill; h_k+1 = layer_k(g, h_k); fill ... h_L; e, dE/dh_L, dE/dr = readout(g, h_L);
-//   dE/dh_k, dE/dr += layer_k_vjp(g, h_k, dE/dh_k+1); drain ... ; dE/dr += layer_0_vjp(g, dE/dh_1).
-// Each program runs on groups of whole centers of about edges_per_group() edges, so that no per-edge
-// intermediate outgrows a group; the features of every node are kept between layers (they are per node).
+//   W = radial(rows); h_1 = layer_0(g, w_0); fill; h_k+1 = layer_k(g, h_k, w_k); fill ... h_L;
+//   e, dE/dh_L, dE/dr = readout(g, h_L); dE/dh_k, dE/dr, dE/dw_k += layer_k_vjp(g, h_k, w_k, dE/dh_k+1); drain ...;
+//   dE/dr, dE/dw_0 += layer_0_vjp(g, w_0, dE/dh_1); dE/dr[rows] += radial_vjp(rows, dE/dW).
+// Each layer program runs on groups of whole centers of about edges_per_group() edges, so that no per-edge
+// intermediate outgrows a group; the features of every node are kept between layers (they are per node), and
+// the radial weights of every row of the table (one row per pair of reverse edges where both are here)
+// until their layer's gradient is done: the radial MLPs run once forward and once backward per row.
 // A rank without local nodes runs no program but joins every fill and drain.
 void Model::evaluate_exchanging(const Graph& g, FeatureExchange& exchange, double* atomic_energy, double* edge_forces) {
   std::lock_guard<std::mutex> lock(impl_->busy);
@@ -611,6 +656,9 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
   if (L == 0)
     throw Error("the artifact holds no programs for exchanging features between ranks (a " + meta.model_kind +
                 " model, or an export by an older vivace): export it again, or use the ghost shell");
+  if (static_cast<int>(meta.radial_widths.size()) != L)
+    throw Error("the artifact's programs for exchanging features are those of an older vivace (radial MLPs inside "
+                "the layer programs): export it again, or use the ghost shell");
   if (g.memory_device >= 0) throw Error("exchanging features needs the graph in host memory");
   const int64_t N = g.num_nodes, Nc = g.num_local, No = N - Nc, E = g.num_edges;
   const int T = meta.num_types();
@@ -639,6 +687,26 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
     center[e] = g.edge_center[order[e]];
     neighbor[e] = g.edge_neighbor[order[e]];
   }
+
+  // the radial table's rows, computed in chunks of `per_chunk` rows
+  std::vector<int64_t> edge_slot, row_edges;
+  reverse_pair_rows(center, neighbor, Nc, edge_slot, row_edges);
+  const int64_t R = static_cast<int64_t>(row_edges.size());
+  std::vector<double> row_vectors(3 * R);
+  std::vector<int64_t> row_types(2 * R);  // center types, then neighbor types
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t e = row_edges[r];
+    std::copy_n(&vectors[3 * e], 3, &row_vectors[3 * r]);
+    row_types[r] = g.atom_types[center[e]];
+    row_types[R + r] = g.atom_types[neighbor[e]];
+  }
+  const int64_t per_chunk = edges_per_group_ > 0 ? 4 * edges_per_group_ : std::max<int64_t>(R, 1);
+  auto row_chunk = [&](int64_t r0, int64_t r1) -> std::vector<torch::Tensor> {
+    return {torch::from_blob(&row_vectors[3 * r0], {r1 - r0, 3}, f64).to(dev),
+            torch::from_blob(&row_types[r0], {r1 - r0}, i64).to(dev),
+            torch::from_blob(&row_types[R + r0], {r1 - r0}, i64).to(dev)};
+  };
+  auto edge_rows = torch::tensor(at::ArrayRef<int64_t>(row_edges), i64).to(dev);
 
   // the groups, each with at least one edge (a self-edge beyond every cutoff) and one other node (no edges)
   std::vector<GroupGraph> groups;
@@ -675,6 +743,7 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
     }
     grp.other_types = torch::from_blob(other_types.data(), {static_cast<int64_t>(other_types.size())}, i64).clone();
     grp.others = torch::from_blob(others.data(), {static_cast<int64_t>(others.size())}, i64).to(dev, false, true);
+    if (e1 > e0) grp.slot = torch::from_blob(&edge_slot[e0], {e1 - e0}, i64).to(dev, false, true);
     grp.vectors = grp.vectors.to(dev);
     grp.index = grp.index.to(dev);
     grp.center_types = grp.center_types.to(dev);
@@ -684,9 +753,7 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
     n0 = n1;
   }
 
-  auto run = [&](const std::string& name, const GroupGraph& grp, std::initializer_list<torch::Tensor> extra) {
-    std::vector<torch::Tensor> inputs{grp.vectors, grp.index, grp.center_types, grp.other_types};
-    inputs.insert(inputs.end(), extra.begin(), extra.end());
+  auto run_program = [&](const std::string& name, std::vector<torch::Tensor> inputs) {
     c10::OptionalDeviceGuard guard;
     if (dev.is_cuda()) guard.reset_device(dev);
     const auto start = std::chrono::steady_clock::now();
@@ -702,11 +769,33 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
     impl_->last_model_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return out;
   };
+  auto run = [&](const std::string& name, const GroupGraph& grp, std::initializer_list<torch::Tensor> extra) {
+    std::vector<torch::Tensor> inputs{grp.vectors, grp.index, grp.center_types, grp.other_types};
+    inputs.insert(inputs.end(), extra.begin(), extra.end());
+    return run_program(name, std::move(inputs));
+  };
   auto forces = torch::zeros({std::max<int64_t>(E, 1), 3}, f64.device(dev));
   auto add_forces = [&](const GroupGraph& grp, const torch::Tensor& grad_vectors) {
     if (grp.e1 > grp.e0) forces.slice(0, grp.e0, grp.e1).add_(grad_vectors.to(torch::kFloat64));
   };
   auto padded = [&](int width) { return torch::zeros({N + 1, width}, torch::TensorOptions().dtype(dtype).device(dev)); };
+
+  // every layer's radial weights of every row, W_k (R, radial_widths[k]); a group's edges read theirs by slot
+  std::vector<torch::Tensor> W(L), grad_W(L);
+  for (int k = 0; k < L; ++k) W[k] = torch::empty({R, meta.radial_widths[k]}, torch::TensorOptions().dtype(dtype).device(dev));
+  for (int64_t r0 = 0; r0 < R; r0 += per_chunk) {
+    const int64_t r1 = std::min(r0 + per_chunk, R);
+    auto table = run_program("exchange_radial", row_chunk(r0, r1)).at(0);
+    for (int k = 0, column = 0; k < L; column += meta.radial_widths[k++])
+      W[k].slice(0, r0, r1).copy_(table.narrow(1, column, meta.radial_widths[k]));
+  }
+  auto weights = [&](const GroupGraph& grp, int k) {  // the padding edge's weights are zero
+    return grp.e1 > grp.e0 ? W[k].index_select(0, grp.slot)
+                           : torch::zeros({1, meta.radial_widths[k]}, torch::TensorOptions().dtype(dtype).device(dev));
+  };
+  auto add_weight_grads = [&](const GroupGraph& grp, int k, const torch::Tensor& grad_w) {
+    if (grp.e1 > grp.e0) grad_W[k].index_add_(0, grp.slot, grad_w.to(grad_W[k].dtype()));
+  };
 
   // node features after each layer, all N nodes (and the padding row)
   std::vector<torch::Tensor> h(L + 1);
@@ -714,9 +803,9 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
   for (int k = 0; k < L; ++k) {
     h[k + 1] = padded(meta.feature_widths[k]);
     for (const auto& grp : groups) {
-      auto out = k == 0 ? run("exchange_layer_0", grp, {})
+      auto out = k == 0 ? run("exchange_layer_0", grp, {weights(grp, 0)})
                         : run("exchange_layer_" + std::to_string(k), grp,
-                              {h[k].slice(0, grp.n0, grp.n1), h[k].index_select(0, grp.others)});
+                              {h[k].slice(0, grp.n0, grp.n1), h[k].index_select(0, grp.others), weights(grp, k)});
       h[k + 1].slice(0, grp.n0, grp.n1).copy_(out[0]);
     }
     if (k + 1 == L) break;  // the last features are read by their own centers only
@@ -738,19 +827,23 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
   }
   for (int k = L - 1; k >= 0; --k) {
     auto next = k > 0 ? padded(meta.feature_widths[k - 1]) : torch::Tensor();
+    grad_W[k] = torch::zeros_like(W[k]);
     for (const auto& grp : groups) {
       auto cotangent = grad.slice(0, grp.n0, grp.n1);
       if (k == 0) {
-        auto out = run("exchange_layer_0_vjp", grp, {cotangent});
+        auto out = run("exchange_layer_0_vjp", grp, {weights(grp, 0), cotangent});
         add_forces(grp, out[0]);
+        add_weight_grads(grp, 0, out[1]);
         continue;
       }
       auto out = run("exchange_layer_" + std::to_string(k) + "_vjp", grp,
-                     {h[k].slice(0, grp.n0, grp.n1), h[k].index_select(0, grp.others), cotangent});
+                     {h[k].slice(0, grp.n0, grp.n1), h[k].index_select(0, grp.others), weights(grp, k), cotangent});
       next.slice(0, grp.n0, grp.n1).add_(out[0]);
       next.index_add_(0, grp.others, out[1]);
       add_forces(grp, out[2]);
+      add_weight_grads(grp, k, out[3]);
     }
+    W[k] = torch::Tensor();  // no later program reads this layer's weights
     if (k == 0) break;
     const int width = meta.feature_widths[k - 1];
     auto host = next.slice(0, 0, N).to(torch::kCPU, torch::kFloat64).contiguous();
@@ -758,6 +851,15 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
     exchange.drain(rows.data(), width);
     grad = padded(width);
     if (Nc > 0) grad.slice(0, 0, Nc).copy_(torch::from_blob(rows.data(), {Nc, width}, f64));
+  }
+  for (int64_t r0 = 0; r0 < R; r0 += per_chunk) {
+    const int64_t r1 = std::min(r0 + per_chunk, R);
+    auto inputs = row_chunk(r0, r1);
+    std::vector<torch::Tensor> grads;
+    for (const auto& gw : grad_W) grads.push_back(gw.slice(0, r0, r1));
+    inputs.push_back(torch::cat(grads, 1));
+    auto grad_rows = run_program("exchange_radial_vjp", std::move(inputs)).at(0);
+    forces.index_add_(0, edge_rows.slice(0, r0, r1), grad_rows.to(torch::kFloat64));
   }
   if (Nc == 0) return;
 

@@ -36,6 +36,9 @@ struct Metadata {
   // a message-passing model's programs for ranks that exchange node features between layers
   int exchange_layers = 0;          // L: programs exchange_layer_0 .. L-1, their _vjp, exchange_readout; 0: none
   std::vector<int> feature_widths;  // width of the features after each of the L layers
+  // each layer's radial weights per edge: the columns of exchange_radial's table (empty: an older export,
+  // whose layer programs ran the radial MLPs themselves)
+  std::vector<int> radial_widths;
 
   int num_types() const { return static_cast<int>(type_names.size()); }
   // Allegro: a center's energy depends on its own edges only, and on each neighbor only through its type.

@@ -51,6 +51,8 @@ def artifact_metadata(
         # layers whose programs the artifact holds for ranks that exchange features, and their widths
         "exchange_layers": str(len(model.blocks)) if exchange else "0",
         "feature_widths": " ".join(str(w) for w in feature_widths(model)) if exchange else "",
+        # each layer's radial weights per edge, the columns of exchange_radial's table
+        "radial_widths": " ".join(str(w) for w in model.radial_widths()) if exchange else "",
         "vivace_version": __version__,
         "torch_version": torch.__version__,
     }
@@ -154,15 +156,24 @@ def exchange_examples(model: torch.nn.Module, spec: Dict, device: str) -> Dict[s
         return torch.randn(rows, width, generator=generator, dtype=dtype).to(device)
 
     programs, examples = exchange_programs(model), {}
+    radial = programs["exchange_radial"].widths
+    # the radial programs take rows of (vector, center type, neighbor type): here the graph's edges
+    rows = torch.export.Dim("num_rows", min=1)
+    row_graph = (v, t[index[0]], t[index[1]])
+    row_dims = ({0: rows}, {0: rows}, {0: rows})
+    examples["exchange_radial"] = (programs["exchange_radial"], row_graph, row_dims)
     for k, width in enumerate(widths):  # layer k reads h_k (none for k = 0) and gives h_k+1 of width `width`
         h = () if k == 0 else (features(num_centers, widths[k - 1]), features(num_others, widths[k - 1]))
         h_dims = () if k == 0 else ({0: centers}, {0: others})
+        w, w_dims = (features(v.shape[0], radial[k]),), ({0: edges},)
         name = f"exchange_layer_{k}"
-        examples[name] = (programs[name], graph + h, graph_dims + h_dims)
-        examples[name + "_vjp"] = (programs[name + "_vjp"], graph + h + (features(num_centers, width),),
-                                   graph_dims + h_dims + ({0: centers},))  # fmt: skip
+        examples[name] = (programs[name], graph + h + w, graph_dims + h_dims + w_dims)
+        examples[name + "_vjp"] = (programs[name + "_vjp"], graph + h + w + (features(num_centers, width),),
+                                   graph_dims + h_dims + w_dims + ({0: centers},))  # fmt: skip
     examples["exchange_readout"] = (programs["exchange_readout"], graph + (features(num_centers, widths[-1]),),
                                     graph_dims + ({0: centers},))  # fmt: skip
+    examples["exchange_radial_vjp"] = (programs["exchange_radial_vjp"], row_graph + (features(v.shape[0], sum(radial)),),
+                                       row_dims + ({0: rows},))  # fmt: skip
     return examples
 
 

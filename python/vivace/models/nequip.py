@@ -110,9 +110,9 @@ class Convolution(nn.Module):
         unsorted[torch.tensor(sorted_components)] = torch.arange(offset)
         self.register_buffer("unsorted_components", unsorted, persistent=False)
 
-    def forward(self, x, sh, radial: RadialInput, edge_index, norm, groups: Optional[List[CenterGroup]]):
+    def forward(self, x, sh, w, edge_index, norm, groups: Optional[List[CenterGroup]]):
+        """w: (E, paths, channels) the radial weights of the edges (`radial_weights`)."""
         x = channels_last(x, self.irreps_in_dims, self.channels)
-        w = self.radial_weights(radial)
         if groups is None:
             messages = self.messages(x, sh, w, edge_index, norm.shape[0])
         else:
@@ -132,7 +132,8 @@ class Convolution(nn.Module):
         x = gather(x, edge_index[1])  # (E, dim_x, C)
         mid = self.contraction(x, sh.unsqueeze(-1), self.cg)
         # exported too, the index_select (not expanded blocks): the paths' dimensions alternate (1, 3, 5, 3, ...),
-        # and a cat of one block per run cost 1.4x the time and 2.3 GB more at 1536-atom water (float64, AOTI)
+        # and a cat of one block per run cost 1.4x the time and 2.3 GB more at 1536-atom water (float64, AOTI);
+        # in the layer programs (groups of 4096 edges, 12288 atoms) the two ran within noise of each other
         return scatter_sum(mid * spread_over_components(w, self.components), edge_index[0], num_nodes)
 
     @torch.jit.unused
@@ -192,13 +193,14 @@ class InteractionBlock(nn.Module):
         self.resnet = resnet and self.gate.irreps_out == irreps_in
         self.irreps_out = self.gate.irreps_out
 
-    def forward(self, h, species, sh, radial: RadialInput, edge_index, norm, groups: Optional[List[CenterGroup]]):
-        return self.update(h, h, species, sh, radial, edge_index, norm, groups)
+    def forward(self, h, species, sh, w, edge_index, norm, groups: Optional[List[CenterGroup]]):
+        return self.update(h, h, species, sh, w, edge_index, norm, groups)
 
-    def update(self, h_centers, h, species_centers, sh, radial: RadialInput, edge_index, norm, groups: Optional[List[CenterGroup]]):
+    def update(self, h_centers, h, species_centers, sh, w, edge_index, norm, groups: Optional[List[CenterGroup]]):
         """The new features of the centers, rows [0, len(norm)) of the graph, from the features h of all its
-        nodes (centers first): a rank's graph holds its atoms as centers and their neighbors beyond them."""
-        m = self.convolution(self.linear_in(h), sh, radial, edge_index, norm, groups)
+        nodes (centers first): a rank's graph holds its atoms as centers and their neighbors beyond them.
+        w: the convolution's radial weights of the edges."""
+        m = self.convolution(self.linear_in(h), sh, w, edge_index, norm, groups)
         out = self.gate(self.linear_out(m) + self.self_connection(h_centers, species_centers))
         return h_centers + out if self.resnet else out
 
@@ -276,7 +278,7 @@ class NequIP(nn.Module):
         radial = self.radial_input(radial_basis, edge_index, num_nodes)
         h = self.initial_features(atom_types)
         for k in range(len(self.blocks)):
-            h = self.layer(k, h, h, atom_types, atom_types, sh, radial, edge_index, groups)
+            h = self.layer(k, h, h, atom_types, atom_types, sh, self.radial_weights(k, radial), edge_index, groups)
         return self.node_energies(h, atom_types, r, envelope, edge_index)
 
     def edge_geometry(self, edge_vectors, edge_index, atom_types) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -294,13 +296,27 @@ class NequIP(nn.Module):
     def initial_features(self, atom_types: torch.Tensor) -> torch.Tensor:
         return self.embedding(self.one_hot[atom_types])
 
-    def layer(self, k: int, h_centers, h, center_types, atom_types, sh, radial: RadialInput, edge_index,
+    def radial_weights(self, k: int, radial: RadialInput) -> torch.Tensor:
+        """(E, paths, channels) block k's radial weights of every edge."""
+        w = radial[0].new_zeros(0)
+        for j, block in enumerate(self.blocks):
+            if j == k:
+                w = block.convolution.radial_weights(radial)
+        return w
+
+    def radial_widths(self) -> List[int]:
+        """Each block's radial weights per edge (paths x channels)."""
+        return [len(block.convolution.mid_dims) * block.convolution.channels for block in self.blocks]
+
+    def layer(self, k: int, h_centers, h, center_types, atom_types, sh, w, edge_index,
               groups: Optional[List[CenterGroup]] = None) -> torch.Tensor:
-        """Features after block k of the centers (the first len(center_types) nodes) from those of all nodes."""
+        """Features after block k of the centers (the first len(center_types) nodes) from those of all nodes,
+        given block k's radial weights w of the edges."""
         norm = self.message_norm[center_types].unsqueeze(-1)
         for j, block in enumerate(self.blocks):
             if j == k:
-                h_centers = block.update(h_centers, h, self.one_hot[center_types], sh, radial, edge_index, norm, groups)
+                w = w.view(w.shape[0], len(block.convolution.mid_dims), block.convolution.channels)
+                h_centers = block.update(h_centers, h, self.one_hot[center_types], sh, w, edge_index, norm, groups)
         return h_centers
 
     def isolated_energies(self) -> torch.Tensor:
@@ -312,7 +328,8 @@ class NequIP(nn.Module):
         basis = self.one_hot.new_zeros(0, self.num_bessel)
         no_edges = torch.zeros(2, 0, dtype=torch.long, device=h.device)
         for block in self.blocks:
-            h = block(h, self.one_hot, sh, (basis, None), no_edges, self.message_norm.unsqueeze(-1), None)
+            w = block.convolution.radial_weights((basis, None))
+            h = block(h, self.one_hot, sh, w, no_edges, self.message_norm.unsqueeze(-1), None)
         return self.readout(h).squeeze(-1)
 
     def node_energies(self, h_centers, atom_types, r, envelope, edge_index) -> torch.Tensor:
