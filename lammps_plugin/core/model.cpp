@@ -638,7 +638,8 @@ void reverse_pair_rows(const std::vector<int64_t>& center, const std::vector<int
 
 // Layer by layer with the features of the other nodes exchanged (see exchange.py for the programs):
 //   W = radial(rows); h_1 = layer_0(g, w_0); fill; h_k+1 = layer_k(g, h_k, w_k); fill ... h_L;
-//   e, dE/dh_L, dE/dr = readout(g, h_L); dE/dh_k, dE/dr, dE/dw_k += layer_k_vjp(g, h_k, w_k, dE/dh_k+1); drain ...;
+//   e, dE/dh_L, dE/dr = readout(g, h_L);
+//   dE/dh_k, dE/dr, dE/dw_k += layer_k_vjp(g, h_k, w_k, dE/dh_k+1); drain ...;
 //   dE/dr, dE/dw_0 += layer_0_vjp(g, w_0, dE/dh_1); dE/dr[rows] += radial_vjp(rows, dE/dW).
 // Each layer program runs on groups of whole centers of about edges_per_group() edges, so that no per-edge
 // intermediate outgrows a group; the features of every node are kept between layers (they are per node), and
@@ -778,11 +779,12 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
   auto add_forces = [&](const GroupGraph& grp, const torch::Tensor& grad_vectors) {
     if (grp.e1 > grp.e0) forces.slice(0, grp.e0, grp.e1).add_(grad_vectors.to(torch::kFloat64));
   };
-  auto padded = [&](int width) { return torch::zeros({N + 1, width}, torch::TensorOptions().dtype(dtype).device(dev)); };
+  const auto features = torch::TensorOptions().dtype(dtype).device(dev);
+  auto padded = [&](int width) { return torch::zeros({N + 1, width}, features); };
 
   // every layer's radial weights of every row, W_k (R, radial_widths[k]); a group's edges read theirs by slot
   std::vector<torch::Tensor> W(L), grad_W(L);
-  for (int k = 0; k < L; ++k) W[k] = torch::empty({R, meta.radial_widths[k]}, torch::TensorOptions().dtype(dtype).device(dev));
+  for (int k = 0; k < L; ++k) W[k] = torch::empty({R, meta.radial_widths[k]}, features);
   for (int64_t r0 = 0; r0 < R; r0 += per_chunk) {
     const int64_t r1 = std::min(r0 + per_chunk, R);
     auto table = run_program("exchange_radial", row_chunk(r0, r1)).at(0);
@@ -790,8 +792,7 @@ void Model::run_layers(const Graph& g, FeatureExchange& exchange, double* atomic
       W[k].slice(0, r0, r1).copy_(table.narrow(1, column, meta.radial_widths[k]));
   }
   auto weights = [&](const GroupGraph& grp, int k) {  // the padding edge's weights are zero
-    return grp.e1 > grp.e0 ? W[k].index_select(0, grp.slot)
-                           : torch::zeros({1, meta.radial_widths[k]}, torch::TensorOptions().dtype(dtype).device(dev));
+    return grp.e1 > grp.e0 ? W[k].index_select(0, grp.slot) : torch::zeros({1, meta.radial_widths[k]}, features);
   };
   auto add_weight_grads = [&](const GroupGraph& grp, int k, const torch::Tensor& grad_w) {
     if (grp.e1 > grp.e0) grad_W[k].index_add_(0, grp.slot, grad_w.to(grad_W[k].dtype()));

@@ -172,8 +172,8 @@ def exchange_examples(model: torch.nn.Module, spec: Dict, device: str) -> Dict[s
                                    graph_dims + h_dims + w_dims + ({0: centers},))  # fmt: skip
     examples["exchange_readout"] = (programs["exchange_readout"], graph + (features(num_centers, widths[-1]),),
                                     graph_dims + ({0: centers},))  # fmt: skip
-    examples["exchange_radial_vjp"] = (programs["exchange_radial_vjp"], row_graph + (features(v.shape[0], sum(radial)),),
-                                       row_dims + ({0: rows},))  # fmt: skip
+    examples["exchange_radial_vjp"] = (programs["exchange_radial_vjp"],
+                                       row_graph + (features(v.shape[0], sum(radial)),), row_dims + ({0: rows},))
     return examples
 
 

@@ -112,7 +112,9 @@ class Layer(_Program):
 class FirstLayerVJP(_Program):
     """(..., w_0, dE/dh_1 of the centers) -> (dE/dr, dE/dw_0) through block 0."""
 
-    def forward(self, edge_vectors, edge_index, center_types, other_types, w, grad) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, edge_vectors, edge_index, center_types, other_types, w, grad
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         edge_vectors = edge_vectors.detach().requires_grad_(True)
         w = w.detach().requires_grad_(True)
         h = self.block(edge_vectors, edge_index, center_types, other_types, None, None, w)
@@ -162,8 +164,8 @@ def _or_zeros(grad: Optional[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
 def exchange_programs(model: nn.Module) -> Dict[str, nn.Module]:
     """The 2L + 3 programs of a NequIP model, by the names the artifact stores them under."""
     num_layers = len(model.blocks)
-    programs: Dict[str, nn.Module] = {"exchange_radial": Radial(model), "exchange_radial_vjp": RadialVJP(model),
-                                      "exchange_layer_0": FirstLayer(model), "exchange_layer_0_vjp": FirstLayerVJP(model)}  # fmt: skip
+    programs: Dict[str, nn.Module] = {"exchange_radial": Radial(model), "exchange_radial_vjp": RadialVJP(model)}
+    programs.update(exchange_layer_0=FirstLayer(model), exchange_layer_0_vjp=FirstLayerVJP(model))
     for k in range(1, num_layers):
         programs[f"exchange_layer_{k}"] = Layer(model, k)
         programs[f"exchange_layer_{k}_vjp"] = LayerVJP(model, k)
