@@ -34,7 +34,8 @@ struct Metadata {
   std::string units;        // LAMMPS units style of the training data, e.g. "metal"
   std::string device;       // "cpu" | "cuda"
   // a message-passing model's programs for ranks that exchange node features between layers
-  int exchange_layers = 0;          // L: programs exchange_layer_0 .. L-1, their _vjp, exchange_readout; 0: none
+  // L: programs exchange_layer_0 .. L-1, their _vjp, exchange_readout, exchange_radial and its _vjp; 0: none
+  int exchange_layers = 0;
   std::vector<int> feature_widths;  // width of the features after each of the L layers
   // each layer's radial weights per edge: the columns of exchange_radial's table (empty: an older export,
   // whose layer programs ran the radial MLPs themselves)

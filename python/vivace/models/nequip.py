@@ -142,11 +142,14 @@ class Convolution(nn.Module):
         per-edge tensor stays small enough to be reused from the heap, and each group's messages fill
         their own rows."""
         parts, done = [], 0
-        for (e0, e1), (n0, n1) in groups:
+        # split, not sliced: the gradient of each slice would be a zero tensor the size of the whole (a 1536-atom
+        # 4-layer NequIP's forces took 1.7x the time that way); that of a split is one concatenation
+        sizes = [e1 - e0 for (e0, e1), _ in groups]
+        for ((e0, e1), (n0, n1)), sh_g, w_g in zip(groups, torch.split(sh, sizes), torch.split(w, sizes)):
             if n0 > done:
                 parts.append(x.new_zeros(n0 - done, sum(self.mid_dims), self.channels))
             center = edge_index[0, e0:e1] - n0
-            parts.append(self.messages_by_dim(x, sh[e0:e1], w[e0:e1], center, edge_index[1, e0:e1], n1 - n0))
+            parts.append(self.messages_by_dim(x, sh_g, w_g, center, edge_index[1, e0:e1], n1 - n0))
             done = n1
         if num_nodes > done:
             parts.append(x.new_zeros(num_nodes - done, sum(self.mid_dims), self.channels))
