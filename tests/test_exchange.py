@@ -44,9 +44,9 @@ def eager_reference(checkpoint, vectors, edge_index, types):
 
 
 def assert_same_on_atoms(forces, ref_forces, vectors, edge_index, num_atoms, what):
-    """Edge forces compared through what they do: the force on every atom and the virial. The whole graph
-    runs the radial MLP once per pair of reverse edges and the layer programs once per edge, so a pair's
-    radial force may sit on either of its two edges."""
+    """Edge forces compared through what they do: the force on every atom and the virial. The radial MLP runs
+    once per pair of reverse edges, and which pairs share depends on the graph (an image as its atom's node or
+    as a node of its own), so a pair's radial force may sit on either of its two edges."""
     for name, f in (("atom forces", atom_forces_of_edges), ("virial", lambda g, *_: vectors.T @ g)):
         assert_close(f(forces, edge_index, num_atoms), f(ref_forces, edge_index, num_atoms), f"{what}: {name}", 1e-12)
 

@@ -214,8 +214,9 @@ def _check_exchange(model, wrapper, spec: Dict, device: str) -> float:
     images, owner = images_as_nodes(edge_index, shifts, len(types))
     energy, forces = model.evaluate_exchanging(vectors, images, np.concatenate([types, types[owner]]), len(types), owner)
     ref_energy, ref_forces = wrapper(*_torch_inputs(vectors, edge_index, types, len(types), device))
-    # compared on the atoms: the whole graph computes the radial MLP once per pair of reverse edges, the programs
-    # once per edge, so a pair's radial force may sit on either of its two edges
+    # compared on the atoms: the radial MLP runs once per pair of reverse edges, and the whole graph's pairs (an
+    # image of an atom being that atom) are not the programs' (an image being a node of its own), so a pair's
+    # radial force may sit on either of its two edges
     on_atoms = lambda g: np.concatenate([atom_forces_of_edges(g, edge_index, len(types)), vectors.T @ g])  # noqa: E731
     return _relative_deviation(energy[: len(types)], on_atoms(forces), ref_energy.detach().cpu().numpy(),
                                on_atoms(ref_forces.detach().cpu().numpy()))  # fmt: skip
