@@ -80,14 +80,20 @@ def test_programs_reproduce_the_model(artifact, cell_kind):
     assert_same_on_atoms(forces.detach().numpy(), ref_forces, vectors, edge_index, len(types), "programs")
 
 
-# pt2 compiles the layer programs (120-165 s on 2 cores): run on demand, with -m slow
-@pytest.mark.parametrize("fmt", ["pth", pytest.param("pt2", marks=pytest.mark.slow)])
-def test_core_exchanging_matches_the_model(artifact, fmt):
+# pt2 compiles the layer programs (120-165 s on 2 cores): run on demand, with -m slow. "pth-torch": PyTorch's
+# convolution instead of the fused operator (the default on a CPU; PyTorch's runs on a GPU)
+@pytest.mark.parametrize("fmt", ["pth", "pth-torch", pytest.param("pt2", marks=pytest.mark.slow)])
+def test_core_exchanging_matches_the_model(artifact, fmt, tmp_path):
     from vivace import _core
+    from vivace.export import export
 
     vectors, edge_index, types, images, owner = image_graph("triclinic")
-    _, ref_energy, ref_forces = eager_reference(artifact("nequip", "float64", "ckpt"), vectors, edge_index, types)
-    core = _core.Model(artifact("nequip", "float64", fmt))
+    checkpoint = artifact("nequip", "float64", "ckpt")
+    _, ref_energy, ref_forces = eager_reference(checkpoint, vectors, edge_index, types)
+    path = export(checkpoint, str(tmp_path / "torch.pth"), kernel="torch") if fmt == "pth-torch" else artifact(
+        "nequip", "float64", fmt)
+    core = _core.Model(path)
+    assert core.metadata["tensor_product_kernel"] == ("torch" if fmt == "pth-torch" else "fused")
     assert core.exchanges_features and core.metadata["exchange_layers"] == "2"
     assert core.metadata["feature_widths"] == "36 4"  # 4 x (0e 1o 2e), all that scalars x Y_l<=2 reach; then 4 x 0e
     assert core.metadata["radial_widths"] == "12 12"  # 3 paths x 4 channels: 0e x Y_0,1,2; then (0e 0e, 1o 1o, 2e 2e)

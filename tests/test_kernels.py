@@ -175,15 +175,15 @@ def test_artifacts_of_both_kernels_equal_the_eager_model(tmp_path, artifact):
             np.testing.assert_allclose(ours[: len(reference)], reference, rtol=1e-10, atol=1e-12)
 
 
-def test_the_fused_kernel_is_refused_where_it_does_not_apply(tmp_path):
+def test_unknown_kernels_are_refused(tmp_path):
     from conftest import make_checkpoint
     from vivace import _core
-    from vivace.export import ExportError, export
+    from vivace.export import export
 
     nequip = make_checkpoint(str(tmp_path / "nequip.ckpt"), kind="nequip")
-    default = export(nequip, str(tmp_path / "default.pth"))
-    assert _core.Model(default, -1).metadata["tensor_product_kernel"] == "torch"
-    with pytest.raises(ExportError, match="a nequip model has no 'fused' kernel"):
-        export(nequip, str(tmp_path / "nequip.pth"), kernel="fused")
+    default = export(nequip, str(tmp_path / "default.pth"), exchange=False)
+    assert _core.Model(default, -1).metadata["tensor_product_kernel"] == "fused"  # vivace::nequip_conv
+    with pytest.raises(ValueError, match="unknown convolution kernel 'fast'"):
+        export(nequip, str(tmp_path / "nequip.pth"), kernel="fast")
     with pytest.raises(ValueError, match="unknown tensor-product kernel 'fast'"):
         export(make_checkpoint(str(tmp_path / "allegro.ckpt")), str(tmp_path / "allegro.pth"), kernel="fast")

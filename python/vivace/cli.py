@@ -68,7 +68,8 @@ def main(argv=None):
     p.add_argument("--format", choices=["aotinductor", "torchscript"], default=None)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--kernel", choices=["fused", "torch"], default=None,
-                   help="Allegro's tensor product: the fused C++ operator (default on a CPU) or PyTorch's")
+                   help="Allegro's tensor product and NequIP's convolution: the fused C++ operators (default "
+                        "on a CPU) or PyTorch's")
     p.add_argument("--no-exchange", action="store_true",
                    help="NequIP: leave out the layer programs that LAMMPS ranks exchange features with (the "
                         "artifact then runs on one rank or with 'pair_style nequip shell'; a .pt2 compiles faster)")

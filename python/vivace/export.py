@@ -237,9 +237,10 @@ def export(
     kernel: Optional[str] = None,
     exchange: bool = True,
 ) -> str:
-    """Writes the artifact to `output` (atomically) and returns its path. `kernel`: Allegro's tensor-product
-    implementation: "fused", the C++ operator vivace::channelwise_tp (the default for Allegro on a CPU), or
-    "torch", PyTorch's (inductor's own kernels in AOTInductor; the default on a GPU and for NequIP).
+    """Writes the artifact to `output` (atomically) and returns its path. `kernel`: the implementation of
+    Allegro's tensor product and NequIP's convolution: "fused", the C++ operators vivace::channelwise_tp and
+    vivace::nequip_conv (the default on a CPU), or "torch", PyTorch's (inductor's own kernels in AOTInductor;
+    the default on a GPU).
     `exchange`: a NequIP artifact carries the layer programs with which LAMMPS ranks exchange features
     (models/exchange.py); without them it runs on one rank, or with `pair_style nequip shell`, and a .pt2
     compiles in a fraction of the time (4 layers, 32 features: 483 s with them on 2 cores)."""
@@ -261,7 +262,7 @@ def export(
     kernel = kernel or default_kernel(model, device)
     if kernel != "torch":
         if not hasattr(model, "use_kernel"):
-            raise ExportError(f"a {spec['kind']} model has no '{kernel}' kernel (only Allegro's tensor product has)")
+            raise ExportError(f"a {spec['kind']} model has no '{kernel}' kernel")
         if device != "cpu":
             raise ExportError(f"the '{kernel}' kernel runs on a CPU only; export with --kernel torch for {device}")
         model.use_kernel(kernel)

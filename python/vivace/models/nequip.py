@@ -21,7 +21,7 @@ from torch import nn
 from ..nn import MLP, gather, scatter_sum
 from ..nn.gate import Gate
 from ..nn.execution import CenterGroup, center_groups, in_python, sorted_by_center
-from ..nn.tensor_product import SparseContraction, component_index, spread_over_components
+from ..nn.tensor_product import KERNELS, SparseContraction, component_index, spread_over_components
 from .common import CutoffSpec, EdgeGeometry, EnergyHead, per_type, reverse_pair_rows
 
 # The radial MLP's input: the basis of the edges it runs on, and the row of its output each edge reads
@@ -60,8 +60,11 @@ class Convolution(nn.Module):
 
     The product runs channels-last on the edges: the spherical harmonics carry no channels, so per edge
     they fix one (paths' components x input components) matrix applied to x_j for all channels at once.
-    Export and TorchScript take it through `SparseContraction`; eager runs `messages_by_groups`.
+    Export and TorchScript take it through `SparseContraction`; eager runs `messages_by_groups`. `kernel`
+    "fused" runs the C++ operator vivace::nequip_conv instead (first derivatives only: inference on a CPU).
     """
+
+    kernel: str
 
     def __init__(self, irreps_in: o3.Irreps, irreps_sh: o3.Irreps, irreps_wanted: o3.Irreps, radial: List[int]):
         super().__init__()
@@ -91,6 +94,7 @@ class Convolution(nn.Module):
         self.register_buffer("cg", cg.unsqueeze(-1), persistent=False)
         self.channels = channels
         self.radial = MLP(radial + [len(irreps_mid) * channels])
+        self.kernel = "torch"
 
         # the eager layout: paths sorted by output dimension, with one dense kernel per dimension
         dense = self.contraction.dense_kernel(self.cg, self.contraction.node_index, dim_sh)[0].view(dim_sh, offset, dim_x)
@@ -110,21 +114,35 @@ class Convolution(nn.Module):
         unsorted[torch.tensor(sorted_components)] = torch.arange(offset)
         self.register_buffer("unsorted_components", unsorted, persistent=False)
 
-    def forward(self, x, sh, w, edge_index, norm, groups: Optional[List[CenterGroup]]):
-        """w: (E, paths, channels) the radial weights of the edges (`radial_weights`)."""
+    def use_kernel(self, kernel: str) -> None:
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown convolution kernel '{kernel}' (one of {', '.join(KERNELS)})")
+        if kernel == "fused":
+            from ..nn.kernels import require
+
+            require()
+        self.kernel = kernel
+
+    def forward(self, x, sh, w, slot: Optional[torch.Tensor], edge_index, norm, groups: Optional[List[CenterGroup]]):
+        """w: (rows, paths, channels) the radial weights (`radial_weights`), edge e reading row slot[e] (row e
+        without slot)."""
         x = channels_last(x, self.irreps_in_dims, self.channels)
+        if self.kernel == "fused":
+            slot = slot if slot is not None else edge_index.new_zeros(0)
+            messages = torch.ops.vivace.nequip_conv(x, sh, w, slot, edge_index[0], edge_index[1], norm.view(-1),
+                                                    self.cg.view(-1), self.contraction.entries, self.components)
+            return channels_first(messages, self.mid_dims)
+        if slot is not None:
+            w = w.index_select(0, slot)
         if groups is None:
             messages = self.messages(x, sh, w, edge_index, norm.shape[0])
         else:
             messages = self.messages_by_groups(x, sh, w, edge_index, norm.shape[0], groups)
         return channels_first(messages * norm.unsqueeze(-1), self.mid_dims)
 
-    def radial_weights(self, radial: RadialInput) -> torch.Tensor:
-        """(E, paths, channels) the weight of every edge, path and channel."""
-        basis, slot = radial
+    def radial_weights(self, basis: torch.Tensor) -> torch.Tensor:
+        """(rows, paths, channels) the weight of every path and channel, for each row of the radial basis."""
         w = self.radial(basis)
-        if slot is not None:
-            w = w.index_select(0, slot)
         return w.view(w.shape[0], len(self.mid_dims), self.channels)
 
     def messages(self, x, sh, w, edge_index, num_nodes: int):
@@ -197,13 +215,14 @@ class InteractionBlock(nn.Module):
         self.irreps_out = self.gate.irreps_out
 
     def forward(self, h, species, sh, w, edge_index, norm, groups: Optional[List[CenterGroup]]):
-        return self.update(h, h, species, sh, w, edge_index, norm, groups)
+        return self.update(h, h, species, sh, w, None, edge_index, norm, groups)
 
-    def update(self, h_centers, h, species_centers, sh, w, edge_index, norm, groups: Optional[List[CenterGroup]]):
+    def update(self, h_centers, h, species_centers, sh, w, slot: Optional[torch.Tensor], edge_index, norm,
+               groups: Optional[List[CenterGroup]]):
         """The new features of the centers, rows [0, len(norm)) of the graph, from the features h of all its
         nodes (centers first): a rank's graph holds its atoms as centers and their neighbors beyond them.
-        w: the convolution's radial weights of the edges."""
-        m = self.convolution(self.linear_in(h), sh, w, edge_index, norm, groups)
+        w, slot: the convolution's radial weights, edge e reading row slot[e] (row e without slot)."""
+        m = self.convolution(self.linear_in(h), sh, w, slot, edge_index, norm, groups)
         out = self.gate(self.linear_out(m) + self.self_connection(h_centers, species_centers))
         return h_centers + out if self.resnet else out
 
@@ -214,6 +233,7 @@ class NequIP(nn.Module):
     execution: str
     edges_per_group: int
     share_reverse_pairs: bool
+    tensor_product_kernel: str
 
     def __init__(
         self,
@@ -250,6 +270,7 @@ class NequIP(nn.Module):
         self.execution = "eager"
         self.edges_per_group = EDGES_PER_GROUP
         self.share_reverse_pairs = True
+        self.tensor_product_kernel = "torch"
         self.num_bessel = num_bessel
         self.register_buffer("message_norm", per_type(avg_num_neighbors, num_types, "avg_num_neighbors").rsqrt())
         self.register_buffer("one_hot", torch.eye(num_types), persistent=False)
@@ -271,17 +292,24 @@ class NequIP(nn.Module):
         self.head = EnergyHead(type_names, energy_scale, energy_shift, zbl, units, cohesion, mean_coordination,
                                cohesion_form, shortest_distances if core_repulsion else [])
 
+    def use_kernel(self, kernel: str) -> None:
+        """The convolutions' implementation (see Convolution): "torch" or "fused"."""
+        for block in self.blocks:
+            block.convolution.use_kernel(kernel)
+        self.tensor_product_kernel = kernel
+
     def forward(self, edge_vectors: torch.Tensor, edge_index: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         num_nodes = atom_types.shape[0]
         groups: Optional[List[CenterGroup]] = None
-        if not torch.jit.is_scripting() and in_python(self.execution):
+        if not torch.jit.is_scripting() and in_python(self.execution) and self.tensor_product_kernel == "torch":
             edge_vectors, edge_index, _ = sorted_by_center(edge_vectors, edge_index)
             groups = center_groups(edge_index[0], num_nodes, self.edges_per_group)
         r, envelope, radial_basis, sh = self.edge_geometry(edge_vectors, edge_index, atom_types)
         radial = self.radial_input(radial_basis, edge_index, num_nodes)
         h = self.initial_features(atom_types)
         for k in range(len(self.blocks)):
-            h = self.layer(k, h, h, atom_types, atom_types, sh, self.radial_weights(k, radial), edge_index, groups)
+            w = self.radial_weights(k, radial)
+            h = self.layer(k, h, h, atom_types, atom_types, sh, w, edge_index, groups, radial[1])
         return self.node_energies(h, atom_types, r, envelope, edge_index)
 
     def edge_geometry(self, edge_vectors, edge_index, atom_types) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -300,11 +328,11 @@ class NequIP(nn.Module):
         return self.embedding(self.one_hot[atom_types])
 
     def radial_weights(self, k: int, radial: RadialInput) -> torch.Tensor:
-        """(E, paths, channels) block k's radial weights of every edge."""
+        """(rows, paths, channels) block k's radial weights of every row of `radial`."""
         w = radial[0].new_zeros(0)
         for j, block in enumerate(self.blocks):
             if j == k:
-                w = block.convolution.radial_weights(radial)
+                w = block.convolution.radial_weights(radial[0])
         return w
 
     def radial_widths(self) -> List[int]:
@@ -312,14 +340,15 @@ class NequIP(nn.Module):
         return [len(block.convolution.mid_dims) * block.convolution.channels for block in self.blocks]
 
     def layer(self, k: int, h_centers, h, center_types, atom_types, sh, w, edge_index,
-              groups: Optional[List[CenterGroup]] = None) -> torch.Tensor:
+              groups: Optional[List[CenterGroup]] = None, slot: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Features after block k of the centers (the first len(center_types) nodes) from those of all nodes,
-        given block k's radial weights w of the edges."""
+        given block k's radial weights w, edge e reading row slot[e] (row e without slot)."""
         norm = self.message_norm[center_types].unsqueeze(-1)
         for j, block in enumerate(self.blocks):
             if j == k:
                 w = w.view(w.shape[0], len(block.convolution.mid_dims), block.convolution.channels)
-                h_centers = block.update(h_centers, h, self.one_hot[center_types], sh, w, edge_index, norm, groups)
+                h_centers = block.update(h_centers, h, self.one_hot[center_types], sh, w, slot, edge_index, norm,
+                                         groups)
         return h_centers
 
     def isolated_energies(self) -> torch.Tensor:
@@ -331,7 +360,7 @@ class NequIP(nn.Module):
         basis = self.one_hot.new_zeros(0, self.num_bessel)
         no_edges = torch.zeros(2, 0, dtype=torch.long, device=h.device)
         for block in self.blocks:
-            w = block.convolution.radial_weights((basis, None))
+            w = block.convolution.radial_weights(basis)
             h = block(h, self.one_hot, sh, w, no_edges, self.message_norm.unsqueeze(-1), None)
         return self.readout(h).squeeze(-1)
 

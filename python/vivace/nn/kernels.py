@@ -7,8 +7,10 @@ tensor product of edge features with the density of each edge's center, the gath
 
 Its backward is `vivace::channelwise_tp_backward`; the C++ autograd kernel ties the two together for first
 derivatives (forces). `channelwise_tp_reference` is the same operator in PyTorch, differentiable to any order
-(training). The operators are loaded with the package, so that exporting traces them and artifacts calling them
-run in the ASE calculator, the core and LAMMPS, which load the same library.
+(training). `vivace::nequip_conv` (and its backward) is NequIP's convolution summed into the centers, in the
+same library; its PyTorch form is the model's own `Convolution.messages`. The operators are loaded with the
+package, so that exporting traces them and artifacts calling them run in the ASE calculator, the core and
+LAMMPS, which load the same library.
 """
 
 import glob
@@ -57,6 +59,14 @@ def _register_fakes() -> None:
     @torch.library.register_fake("vivace::channelwise_tp_backward")
     def _(grad, x, y, center, coef, entries, coef_grad):
         return torch.empty_like(x), torch.empty_like(y), torch.empty_like(coef)
+
+    @torch.library.register_fake("vivace::nequip_conv")
+    def _(x, sh, w, slot, center, neighbor, norm, cg, entries, components):
+        return x.new_empty((norm.shape[0], components.shape[0], x.shape[2]))
+
+    @torch.library.register_fake("vivace::nequip_conv_backward")
+    def _(grad, x, sh, w, slot, center, neighbor, norm, cg, entries, components):
+        return torch.empty_like(x), torch.empty_like(sh), torch.empty_like(w)
 
 
 def channelwise_tp(x, y, center, coef, entries, dim_out: int) -> torch.Tensor:
