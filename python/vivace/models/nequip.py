@@ -21,7 +21,7 @@ from torch import nn
 from ..nn import MLP, gather, scatter_sum
 from ..nn.gate import Gate
 from ..nn.execution import CenterGroup, center_groups, in_python, sorted_by_center
-from ..nn.tensor_product import KERNELS, SparseContraction, component_index, spread_over_components
+from ..nn.tensor_product import SparseContraction, checked_kernel, component_index, spread_over_components
 from .common import CutoffSpec, EdgeGeometry, EnergyHead, per_type, reverse_pair_rows
 
 # The radial MLP's input: the basis of the edges it runs on, and the row of its output each edge reads
@@ -115,13 +115,7 @@ class Convolution(nn.Module):
         self.register_buffer("unsorted_components", unsorted, persistent=False)
 
     def use_kernel(self, kernel: str) -> None:
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown convolution kernel '{kernel}' (one of {', '.join(KERNELS)})")
-        if kernel == "fused":
-            from ..nn.kernels import require
-
-            require()
-        self.kernel = kernel
+        self.kernel = checked_kernel(kernel, "convolution")
 
     def forward(self, x, sh, w, slot: Optional[torch.Tensor], edge_index, norm, groups: Optional[List[CenterGroup]]):
         """w: (rows, paths, channels) the radial weights (`radial_weights`), edge e reading row slot[e] (row e

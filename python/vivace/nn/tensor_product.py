@@ -225,6 +225,17 @@ def clebsch_gordan_entries(irreps_x: o3.Irreps, irreps_y: o3.Irreps, irreps_out:
 KERNELS = ("torch", "fused")
 
 
+def checked_kernel(kernel: str, what: str) -> str:
+    """`kernel` if it names one of KERNELS (and, for "fused", the operator library is installed)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown {what} kernel '{kernel}' (one of {', '.join(KERNELS)})")
+    if kernel == "fused":
+        from .kernels import require
+
+        require()
+    return kernel
+
+
 class ChannelwiseTensorProduct(nn.Module):
     """Channel-wise ("uuu") tensor product with one learned weight per channel and path:
 
@@ -257,13 +268,7 @@ class ChannelwiseTensorProduct(nn.Module):
         self.kernel = "torch"
 
     def use_kernel(self, kernel: str) -> None:
-        if kernel not in KERNELS:
-            raise ValueError(f"unknown tensor-product kernel '{kernel}' (one of {', '.join(KERNELS)})")
-        if kernel == "fused":
-            from .kernels import require
-
-            require()
-        self.kernel = kernel
+        self.kernel = checked_kernel(kernel, "tensor-product")
 
     def forward(
         self, x: torch.Tensor, y_nodes: torch.Tensor, center: torch.Tensor, slots: Optional[torch.Tensor], width: int
