@@ -13,6 +13,7 @@
 // Registered operators (schema in TORCH_LIBRARY below): the forward, its backward, and an Autograd kernel
 // tying them together (first derivatives: inference and forces; training's double backward uses the PyTorch
 // reference in vivace.nn.kernels). A CUDA implementation can register under the same names later.
+#include "edge_order.h"
 #include "kernels.h"
 
 #include <ATen/Dispatch.h>
@@ -62,34 +63,6 @@ void check_entries(Entries q, int64_t dim_out, int64_t dim_x, int64_t dim_y) {
     TORCH_CHECK(q.k[p] >= 0 && q.k[p] < dim_out && q.m[p] >= 0 && q.m[p] < dim_x && q.n[p] >= 0 && q.n[p] < dim_y,
                 "channelwise_tp: entry ", p, " (", q.k[p], ", ", q.m[p], ", ", q.n[p], ") is outside (", dim_out,
                 ", ", dim_x, ", ", dim_y, ")");
-}
-
-void check_centers(const int64_t* center, int64_t num_edges, int64_t num_nodes) {
-  if (num_edges == 0) return;
-  const auto [lo, hi] = std::minmax_element(center, center + num_edges);
-  TORCH_CHECK(*lo >= 0 && *hi < num_nodes, "channelwise_tp: center index ", *lo < 0 ? *lo : *hi,
-              " out of range for ", num_nodes, " nodes");
-}
-
-// Edges in center order (the identity when the edges already are, as LAMMPS and the grouped inference pass
-// them), and where each center's edges start in that order.
-struct CenterOrder {
-  std::vector<int64_t> edges;
-  std::vector<int64_t> start;  // (N + 1)
-};
-
-CenterOrder center_order(const int64_t* center, int64_t num_edges, int64_t num_nodes) {
-  CenterOrder order;
-  order.edges.resize(num_edges);
-  std::iota(order.edges.begin(), order.edges.end(), int64_t{0});
-  if (!std::is_sorted(center, center + num_edges)) {
-    std::stable_sort(order.edges.begin(), order.edges.end(),
-                     [center](int64_t a, int64_t b) { return center[a] < center[b]; });
-  }
-  order.start.assign(num_nodes + 1, 0);
-  for (int64_t e = 0; e < num_edges; ++e) ++order.start[center[e] + 1];
-  std::partial_sum(order.start.begin(), order.start.end(), order.start.begin());
-  return order;
 }
 
 // Lists of (a, b) row offsets, one list per output row: output row r is sum over its list of a-row * b-row.
@@ -267,7 +240,7 @@ inline void accumulate_pairs(const Plan& plan, const T* const* g, const T* const
 template <typename T>
 void forward_kernel(const T* x, const T* y, const int64_t* center, const T* coef, const Plan& plan, T* out,
                     int64_t num_edges, int64_t num_nodes, int64_t dim_x, int64_t dim_y, int64_t dim_out, int64_t C) {
-  const CenterOrder order = center_order(center, num_edges, num_nodes);
+  const EdgesByNode order = edges_by_node(center, num_edges, num_nodes);
   at::parallel_for(0, num_nodes, 4, [&](int64_t begin, int64_t end) {
     std::vector<T> w(plan.pairs * C);
     for (int64_t i = begin; i < end; ++i) {
@@ -290,7 +263,7 @@ template <typename T>
 void backward_kernel(const T* g, const T* x, const T* y, const int64_t* center, const T* coef, Entries q,
                      const Plan& plan, T* grad_x, T* grad_y, T* grad_coef, int64_t num_edges, int64_t num_nodes,
                      int64_t dim_x, int64_t dim_y, int64_t dim_out, int64_t C) {
-  const CenterOrder order = center_order(center, num_edges, num_nodes);
+  const EdgesByNode order = edges_by_node(center, num_edges, num_nodes);
   const int threads = at::get_num_threads();
   std::vector<std::vector<T>> coef_sums(grad_coef ? threads : 0, std::vector<T>(q.count * C, T(0)));
   at::parallel_for(0, num_nodes, 4, [&](int64_t begin, int64_t end) {
@@ -339,7 +312,7 @@ at::Tensor channelwise_tp_cpu(const at::Tensor& x_in, const at::Tensor& y_in, co
   const int64_t E = x.size(0), C = x.size(2);
   at::Tensor out = at::empty({E, dim_out, C}, x.options());
   if (E == 0 || C == 0) return out.zero_();
-  check_centers(center.data_ptr<int64_t>(), E, y.size(0));
+  check_index_range("channelwise_tp", center.data_ptr<int64_t>(), E, y.size(0), "center", "nodes");
   const Entries q = entries_of(entries);
   check_entries(q, dim_out, x.size(1), y.size(1));
   const Plan plan = plan_of(q, dim_out, x.size(1), y.size(1), C);
@@ -363,7 +336,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> channelwise_tp_backward_cpu(
   at::Tensor grad_x = at::empty_like(x), grad_y = at::empty_like(y), grad_coef = at::zeros_like(coef);
   const int64_t E = x.size(0), N = y.size(0), C = x.size(2);
   if (E == 0 || C == 0) return {grad_x.zero_(), grad_y.zero_(), grad_coef};
-  check_centers(center.data_ptr<int64_t>(), E, N);
+  check_index_range("channelwise_tp", center.data_ptr<int64_t>(), E, N, "center", "nodes");
   const Entries q = entries_of(entries);
   check_entries(q, dim_out, x.size(1), y.size(1));
   const Plan plan = plan_of(q, dim_out, x.size(1), y.size(1), C);

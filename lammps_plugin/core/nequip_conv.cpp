@@ -15,6 +15,7 @@
 // writing a row another thread writes: by row of w, its gradient and those of its edges' sh; by neighbour,
 // each node's gradient of x. Only first derivatives (inference and forces); training differentiates the
 // PyTorch form.
+#include "edge_order.h"
 #include "kernels.h"
 
 #include <ATen/Dispatch.h>
@@ -29,23 +30,6 @@
 
 namespace vivace {
 namespace {
-
-// Edges sorted by one of their ends (stably), and where each node's edges start in that order.
-struct Csr {
-  std::vector<int64_t> edges;
-  std::vector<int64_t> start;  // (nodes + 1)
-};
-
-Csr csr_of(const int64_t* node, int64_t num_edges, int64_t num_nodes) {
-  Csr csr;
-  csr.start.assign(num_nodes + 1, 0);
-  for (int64_t e = 0; e < num_edges; ++e) ++csr.start[node[e] + 1];
-  std::partial_sum(csr.start.begin(), csr.start.end(), csr.start.begin());
-  csr.edges.resize(num_edges);
-  std::vector<int64_t> next(csr.start.begin(), csr.start.end() - 1);
-  for (int64_t e = 0; e < num_edges; ++e) csr.edges[next[node[e]]++] = e;
-  return csr;
-}
 
 // The contraction's entries grouped by output component: output component k sums entries [start[k], start[k+1]).
 struct Plan {
@@ -108,13 +92,6 @@ void check_inputs(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& w
               "nequip_conv: components must be int64, one path per output component");
 }
 
-void check_range(const int64_t* index, int64_t count, int64_t bound, const char* what, const char* of) {
-  if (count == 0) return;
-  const auto [lo, hi] = std::minmax_element(index, index + count);
-  TORCH_CHECK(*lo >= 0 && *hi < bound, "nequip_conv: ", what, " index ", *lo < 0 ? *lo : *hi, " out of range for ",
-              bound, " ", of);
-}
-
 // The edges, and the shapes of one call.
 struct Graph {
   const int64_t* center;
@@ -164,7 +141,7 @@ inline void component_of(const Plan& plan, int64_t k, const T* a, const T* xj, T
 
 template <typename T, int CT>
 void forward_kernel(const T* x, const T* sh, const T* w, const T* norm, const T* cg, const Graph& graph,
-                    const Csr& by_center, const Plan& plan, const Dims& d, T* out, int64_t C_) {
+                    const EdgesByNode& by_center, const Plan& plan, const Dims& d, T* out, int64_t C_) {
   const int64_t C = CT ? CT : C_, K = d.K;
   at::parallel_for(0, graph.centers, 4, [&](int64_t begin, int64_t end) {
     std::vector<T> a(plan.Q), t(C);
@@ -197,7 +174,7 @@ void forward_kernel(const T* x, const T* sh, const T* w, const T* norm, const T*
 //   grad_sh[e, n] = sum over the entries q with n_q = n of cg_q sum_c x_j[m_q, c] w[r, path_q, c] g[i, k_q, c].
 template <typename T, int CT>
 void row_gradients(const T* g, const T* x, const T* sh, const T* w, const T* cg, const Graph& graph,
-                   const Csr& by_row, const Plan& plan, const Dims& d, T* grad_sh, T* grad_w, int64_t C_) {
+                   const EdgesByNode& by_row, const Plan& plan, const Dims& d, T* grad_sh, T* grad_w, int64_t C_) {
   const int64_t C = CT ? CT : C_, K = d.K, P = d.paths;
   at::parallel_for(0, graph.rows, 8, [&](int64_t begin, int64_t end) {
     std::vector<T> a(plan.Q), t(C), u(C);
@@ -239,7 +216,7 @@ void row_gradients(const T* g, const T* x, const T* sh, const T* w, const T* cg,
 // By neighbour: grad_x[j, m_q] = sum over the edges e from j and the entries q of
 //   a_q(e) w[row_e, path_q] g[center_e, k_q].
 template <typename T, int CT>
-void node_gradients(const T* g, const T* sh, const T* w, const T* cg, const Graph& graph, const Csr& by_neighbor,
+void node_gradients(const T* g, const T* sh, const T* w, const T* cg, const Graph& graph, const EdgesByNode& by_neighbor,
                     const Plan& plan, const Dims& d, T* grad_x, int64_t C_) {
   const int64_t C = CT ? CT : C_, K = d.K;
   at::parallel_for(0, graph.nodes, 4, [&](int64_t begin, int64_t end) {
@@ -290,9 +267,9 @@ Inputs inputs_of(const at::Tensor& x, const at::Tensor& sh, const at::Tensor& w,
               in.slot.numel() ? in.slot.data_ptr<int64_t>() : nullptr, E, in.norm.size(0), in.x.size(0), in.w.size(0)};
   in.plan = plan_of(in.entries, in.components, in.x.size(1), in.sh.size(1), in.w.size(1));
   in.dims = {in.x.size(1), in.sh.size(1), in.w.size(1), in.plan.K};
-  check_range(in.graph.center, E, in.graph.centers, "center", "centers");
-  check_range(in.graph.neighbor, E, in.graph.nodes, "neighbor", "nodes");
-  if (in.graph.slot) check_range(in.graph.slot, E, in.graph.rows, "slot", "rows of w");
+  check_index_range("nequip_conv", in.graph.center, E, in.graph.centers, "center", "centers");
+  check_index_range("nequip_conv", in.graph.neighbor, E, in.graph.nodes, "neighbor", "nodes");
+  if (in.graph.slot) check_index_range("nequip_conv", in.graph.slot, E, in.graph.rows, "slot", "rows of w");
   return in;
 }
 
@@ -303,7 +280,7 @@ at::Tensor nequip_conv_cpu(const at::Tensor& x, const at::Tensor& sh, const at::
   const int64_t C = in.x.size(2);
   at::Tensor out = at::empty({in.graph.centers, in.dims.K, C}, in.x.options());
   if (in.graph.edges == 0 || C == 0) return out.zero_();
-  const Csr by_center = csr_of(in.graph.center, in.graph.edges, in.graph.centers);
+  const EdgesByNode by_center = edges_by_node(in.graph.center, in.graph.edges, in.graph.centers);
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "nequip_conv", [&] {
     with_channels(C, [&](auto CT) {
       forward_kernel<scalar_t, CT>(in.x.data_ptr<scalar_t>(), in.sh.data_ptr<scalar_t>(), in.w.data_ptr<scalar_t>(),
@@ -329,8 +306,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> nequip_conv_backward_cpu(
   // grad_sh per edge (each edge reads one row)
   at::Tensor grad_x = at::empty_like(in.x), grad_sh = at::empty_like(in.sh), grad_w = at::empty_like(in.w);
   if (graph.edges == 0 || C == 0) return {grad_x.zero_(), grad_sh.zero_(), grad_w.zero_()};
-  const Csr by_row = graph.slot ? csr_of(graph.slot, graph.edges, graph.rows) : Csr{};
-  const Csr by_neighbor = csr_of(graph.neighbor, graph.edges, graph.nodes);
+  const EdgesByNode by_row = graph.slot ? edges_by_node(graph.slot, graph.edges, graph.rows) : EdgesByNode{};
+  const EdgesByNode by_neighbor = edges_by_node(graph.neighbor, graph.edges, graph.nodes);
   AT_DISPATCH_FLOATING_TYPES(in.x.scalar_type(), "nequip_conv_backward", [&] {
     with_channels(C, [&](auto CT) {
       const scalar_t* cg = in.cg.data_ptr<scalar_t>();
