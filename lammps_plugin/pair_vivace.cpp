@@ -194,7 +194,7 @@ void PairVivace::coeff(int narg, char **arg) {
       max_cutoff = std::max(max_cutoff, meta.cutoff(a, b));
     }
   shortestsq_by_type.clear();
-  if (short_pairs != ShortPairs::off && short_pairs_supported)
+  if (short_pairs != ShortPairs::off)
     for (double d : meta.shortest_distances) shortestsq_by_type.push_back(d * d);
   depth = std::max(1, meta.message_passing_depth);
   int widest = 0;
@@ -216,9 +216,6 @@ void PairVivace::coeff(int narg, char **arg) {
     if (meta.shortest_distances.empty()) {
       utils::logmesg(lmp, "pair_style {}: the artifact does not say how close its training data's atoms came "
                           "(exported by an older vivace): pairs are not checked\n", kind);
-    } else if (!short_pairs_supported) {
-      utils::logmesg(lmp, "pair_style {}: this style does not check pairs against the training data's shortest "
-                          "distances (pair_style {} without the Kokkos suffix does)\n", kind, kind);
     } else if (short_pairs != ShortPairs::off) {
       std::string pairs;
       for (int a = 0; a < T; a++)

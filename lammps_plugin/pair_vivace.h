@@ -72,7 +72,6 @@ class PairVivace : public Pair {
     bigint step = 0;
   };
   ShortPairs short_pairs = ShortPairs::warn;
-  bool short_pairs_supported = true;       // allegro/kk does not look for them yet
   std::vector<double> shortestsq_by_type;  // model type pair -> squared shortest distance; 0: unchecked
   ClosePair closest_step, closest_run;     // this rank's closest pair of the step, of the run
   double next_warning = 0.9;

@@ -1,7 +1,7 @@
 """pair_style allegro/kk in a Kokkos LAMMPS built by scripts/build_lammps.sh, against the Python model and
 against pair_style allegro: energies, per-atom energies, forces, virial and per-atom virials to 1e-10 (float64)
 on 1, 2 and 4 ranks, both artifact formats, orthogonal and triclinic boxes, newton on and off, ranks that own
-no atoms, NULL types under hybrid/overlay; NVE over 1000 steps.
+no atoms, NULL types under hybrid/overlay; NVE over 1000 steps; pairs closer than the training data.
 
 Runs when VIVACE_KOKKOS_LAMMPS names the PREFIX given to scripts/build_lammps.sh (its vivace-lammps.env says
 where lmp, mpiexec and the plugins are); skipped with that reason otherwise.
@@ -175,3 +175,24 @@ run {steps}
     _, kk50 = run(kk_lines(site, path), command(site, 2), "kk50", 50)
     _, cpu50 = run(cpu_lines(site, path), launcher(site, 2), "cpu50", 50)
     assert np.abs(kk50[-1][:, 1:4] - cpu50[-1][:, 1:4]).max() < 1e-8
+
+
+@pytest.mark.parametrize("nprocs,package", [(1, ""), (2, "newton off neigh full")])
+def test_kokkos_pairs_closer_than_the_training_data(site, tmp_path, nprocs, package):
+    """allegro/kk checks pairs against the training data's shortest distances as pair_style allegro does (the
+    approaching Al-Cu dimer of test_pair_robustness: warnings at steps 2, 4, 6, 8, 10 and the run's summary, on
+    one rank and across two); `short_pairs error` stops at step 2 and `off` says nothing."""
+    from test_pair_robustness import approaching_dimer, assert_warned_approach
+    from vivace.lammps_run import LammpsError
+
+    def run(name, mode=""):
+        return approaching_dimer(tmp_path / name, "allegro", nprocs, mode, plugin=site["VIVACE_PLUGIN_KK"],
+                                 command=command(site, nprocs, package=package))
+
+    assert_warned_approach(run("warn"), "allegro")
+    with pytest.raises(LammpsError) as info:
+        run("error", " short_pairs error")
+    assert "are 2.700 A apart at step 2, 0.89 of the shortest Al-Cu distance" in str(info.value)
+    assert "stopped by short_pairs error" in str(info.value)
+    log = run("off", " short_pairs off")
+    assert "training data" not in log and "Loop time" in log

@@ -190,9 +190,10 @@ def test_chunk_keyword(artifact, reference, tmp_path):
         assert_lammps_matches(lmp, reference("allegro", "triclinic"))
 
 
-def approaching_dimer(tmp_path, kind, nprocs, mode=""):
+def approaching_dimer(tmp_path, kind, nprocs, mode="", plugin=None, command=None):
     """An Al-Cu dimer 3.0 A apart (Al on rank 0, Cu on rank 1 with two ranks), the Cu atom driven towards the Al
-    by 0.15 A a step for 10 steps, under a model whose training data's shortest distance is 3.05 A."""
+    by 0.15 A a step for 10 steps, under a model whose training data's shortest distance is 3.05 A. `plugin`
+    and `command`: another LAMMPS (its plugin to load, its launcher and options)."""
     from vivace.export import export
 
     checkpoint = make_checkpoint(str(tmp_path / "model.ckpt"), kind=kind, shortest_distances=np.full((2, 2), 3.05))
@@ -202,6 +203,7 @@ def approaching_dimer(tmp_path, kind, nprocs, mode=""):
 atom_style atomic
 processors {nprocs} 1 1
 read_data {tmp_path / 'data.lmp'}
+{f"plugin load {plugin}" if plugin else ""}
 {pair_lines(kind, path, options=mode)}
 neigh_modify every 1 delay 0 check yes
 group cu type 2
@@ -209,7 +211,7 @@ fix drive cu move linear -150.0 0.0 0.0
 thermo 1
 run 10
 """
-    return run_lammps(script, str(tmp_path / "lmp"), nprocs=nprocs)
+    return run_lammps(script, str(tmp_path / "lmp"), nprocs=nprocs, command=command)
 
 
 @pytest.mark.parametrize("kind,nprocs", [("allegro", 1), ("allegro", 2), ("nequip", 2)])
@@ -218,7 +220,10 @@ def test_pairs_closer_than_the_training_data(tmp_path, kind, nprocs):
     warned about, naming the atoms, the step and the ratio, and again under each further tenth: here at steps
     2, 4, 6, 8 and 10 (distance 3.0 - 0.15 k over 3.05 A). The end of the run sums up; the warnings come once
     whichever rank holds the pair."""
-    log = approaching_dimer(tmp_path, kind, nprocs)
+    assert_warned_approach(approaching_dimer(tmp_path, kind, nprocs), kind)
+
+
+def assert_warned_approach(log, kind):
     warned = re.findall(rf"WARNING: pair_style {kind}: atoms [12] and [12] \(\w\w-\w\w\) are ([\d.]+) A apart at step "
                         r"(\d+), ([\d.]+) of the shortest \w\w-\w\w distance in the model's training data \(3.050 A\)", log)
     distances = [3.0 - 0.15 * k for k in (2, 4, 6, 8, 10)]

@@ -87,8 +87,6 @@ PairAllegroKokkos<DeviceType>::PairAllegroKokkos(LAMMPS *lmp) : PairVivace(lmp, 
   datamask_modify = F_MASK | ENERGY_MASK | VIRIAL_MASK;
   centroidstressflag = CENTROID_NOTAVAIL;
   newton_off_supported = true;
-  short_pairs_supported = false;
-  comm_reverse = 9;  // force and per-atom virial of ghosts, newton off
   if (memory_device<DeviceType>() >= 0) preferred_cuda_device = memory_device<DeviceType>();
 }
 
@@ -104,6 +102,8 @@ PairAllegroKokkos<DeviceType>::~PairAllegroKokkos() {
 template <class DeviceType>
 void PairAllegroKokkos<DeviceType>::coeff(int narg, char **arg) {
   PairVivace::coeff(narg, arg);
+  comm_forward = 0;
+  comm_reverse = 9;  // force and per-atom virial of ghosts, newton off (set after the base, which sizes NequIP's)
   const int ntypes = atom->ntypes;
   const int T = model->metadata().num_types();
   d_type_map = Kokkos::View<int *, DeviceType>("allegro/kk:type_map", ntypes + 1);
@@ -114,6 +114,12 @@ void PairAllegroKokkos<DeviceType>::coeff(int narg, char **arg) {
   for (int k = 0; k < T * T; k++) h_cut(k) = cutsq_by_type[k];
   Kokkos::deep_copy(d_type_map, h_map);
   Kokkos::deep_copy(d_cutsq, h_cut);
+  if (checks_short_pairs()) {
+    d_shortestsq = Kokkos::View<double *, DeviceType>("allegro/kk:shortestsq", T * T);
+    auto h_short = Kokkos::create_mirror_view(d_shortestsq);
+    for (int k = 0; k < T * T; k++) h_short(k) = shortestsq_by_type[k];
+    Kokkos::deep_copy(d_shortestsq, h_short);
+  }
 }
 
 template <class DeviceType>
@@ -147,6 +153,10 @@ void PairAllegroKokkos<DeviceType>::compute(int eflag_in, int vflag_in) {
   type = atomKK->k_type.template view<DeviceType>();
 
   build_edges();
+  if (checks_short_pairs()) {
+    find_closest_pair();
+    check_short_pairs();
+  }
   const double built = platform::walltime();
 
   const int nall = atom->nlocal + atom->nghost;
@@ -249,6 +259,40 @@ void PairAllegroKokkos<DeviceType>::build_edges() {
         const int t = type_map(type(a));
         node_type(a) = t < 0 ? 0 : t;
       });
+}
+
+// This rank's closest pair of the step relative to the training data's shortest distance for its types,
+// if under it: one reduction over the edges, the pair's atoms read back only when there is one.
+template <class DeviceType>
+void PairAllegroKokkos<DeviceType>::find_closest_pair() {
+  closest_step = ClosePair();
+  const int T = model->metadata().num_types();
+  auto center = d_edge_center;
+  auto neighbor = d_edge_neighbor;
+  auto vectors = d_edge_vectors;
+  auto node_type = d_node_type;
+  auto shortestsq = d_shortestsq;
+  using Closest = Kokkos::MinLoc<double, int64_t>;  // (r / shortest)^2 and its edge
+  typename Closest::value_type closest;
+  Kokkos::parallel_reduce(
+      "allegro/kk:closest_pair", Kokkos::RangePolicy<DeviceType>(0, num_edges),
+      KOKKOS_LAMBDA(const int64_t e, typename Closest::value_type &best) {
+        const double rsq = vectors(e, 0) * vectors(e, 0) + vectors(e, 1) * vectors(e, 1) + vectors(e, 2) * vectors(e, 2);
+        const double sq = shortestsq(node_type(center(e)) * T + node_type(neighbor(e)));
+        if (rsq < sq && rsq < best.val * sq) {
+          best.val = rsq / sq;
+          best.loc = e;
+        }
+      },
+      Closest(closest));
+  if (!(closest.val < 1.0)) return;
+  auto edge = Kokkos::subview(d_edge_vectors, closest.loc, Kokkos::ALL());
+  auto r = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), edge);
+  auto i = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), Kokkos::subview(center, closest.loc));
+  auto j = Kokkos::create_mirror_view_and_copy(Kokkos::HostSpace(), Kokkos::subview(neighbor, closest.loc));
+  atomKK->sync(Host, TAG_MASK | TYPE_MASK);
+  note_short_pair(i(), j(), type_map[atom->type[i()]], type_map[atom->type[j()]],
+                  r(0) * r(0) + r(1) * r(1) + r(2) * r(2));
 }
 
 // Edge force g = dE/dr_ij: +g on i, -g on j, virial -r_ij (x) g shared half and half between i and j; the

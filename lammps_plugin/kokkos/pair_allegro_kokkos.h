@@ -33,6 +33,7 @@ class PairAllegroKokkos : public PairVivace {
 
  protected:
   void build_edges();
+  void find_closest_pair();
   void tally_edges();
   void reverse_ghost_contributions();
   void report_device_non_finite(double checksum);
@@ -46,6 +47,7 @@ class PairAllegroKokkos : public PairVivace {
 
   Kokkos::View<int *, DeviceType> d_type_map;             // LAMMPS type -> model type, -1 for NULL
   Kokkos::View<double *, DeviceType> d_cutsq;             // model (center, neighbor) type pair -> cutoff^2
+  Kokkos::View<double *, DeviceType> d_shortestsq;        // ... -> the training data's shortest distance^2
   Kokkos::View<int64_t *, DeviceType> d_edge_count;       // per list entry, then its first edge (scan)
   Kokkos::View<int64_t *, DeviceType> d_edge_center, d_edge_neighbor, d_node_type;
   Kokkos::View<double **, Kokkos::LayoutRight, DeviceType> d_edge_vectors, d_edge_forces;
