@@ -1,7 +1,8 @@
 """pair_style allegro/kk in a Kokkos LAMMPS built by scripts/build_lammps.sh, against the Python model and
 against pair_style allegro: energies, per-atom energies, forces, virial and per-atom virials to 1e-10 (float64)
 on 1, 2 and 4 ranks, both artifact formats, orthogonal and triclinic boxes, newton on and off, ranks that own
-no atoms, NULL types under hybrid/overlay; NVE over 1000 steps; pairs closer than the training data.
+no atoms, NULL types under hybrid/overlay; NVE over 1000 steps; pairs closer than the training data;
+pair_style nequip in the site LAMMPS, with and without Kokkos, exchanging features across 2 ranks.
 
 Runs when VIVACE_KOKKOS_LAMMPS names the PREFIX given to scripts/build_lammps.sh (its vivace-lammps.env says
 where lmp, mpiexec and the plugins are); skipped with that reason otherwise.
@@ -108,6 +109,18 @@ def test_kokkos_equals_pair_style_allegro(site, artifact, tmp_path):
     cpu = single_point(atoms, cpu_lines(site, path), TYPE_NAMES, str(tmp_path / "cpu"), command=launcher(site, 2))
     for key in ("energy", "energies", "forces", "stress", "atom_virials"):
         assert_close(getattr(kk, key), getattr(cpu, key), key, 1e-12)
+
+
+@pytest.mark.parametrize("kokkos", [False, True])
+def test_site_nequip_exchanges_features(site, artifact, reference, tmp_path, kokkos):
+    """pair_style nequip (no Kokkos variant) in the site LAMMPS on 2 ranks, exchanging node features between
+    layers through the site's MPI; with Kokkos on, LAMMPS runs it on the host beside the Kokkos atoms."""
+    path = artifact("nequip", "float64", "pth")
+    lines = f"plugin load {site['VIVACE_PLUGIN']}\npair_style nequip\npair_coeff * * {path} {' '.join(TYPE_NAMES)}"
+    lmp = single_point(alloy("triclinic"), lines, TYPE_NAMES, str(tmp_path),
+                       command=command(site, 2) if kokkos else launcher(site, 2), centroid=not kokkos)
+    assert "exchanging node features" in lmp.output, lmp.output
+    assert_matches(lmp, reference("nequip", "triclinic"))
 
 
 def test_kokkos_ranks_without_atoms(site, artifact, tmp_path):
