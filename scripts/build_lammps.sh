@@ -33,6 +33,11 @@ done
 case "$kokkos" in ""|openmp|cuda) ;; *) echo "build_lammps.sh: --kokkos takes openmp or cuda, not '$kokkos'" >&2; exit 2 ;; esac
 [ -f "$source_dir/cmake/CMakeLists.txt" ] && [ -d "$source_dir/src" ] ||
   { echo "build_lammps.sh: $source_dir is not a LAMMPS source tree (no cmake/CMakeLists.txt)" >&2; exit 2; }
+# LAMMPS's install step copies these; a tree without them fails only after the whole compile
+for part in doc/lammps.1 potentials ${kokkos:+lib/kokkos/CMakeLists.txt}; do
+  [ -e "$source_dir/$part" ] ||
+    { echo "build_lammps.sh: $source_dir lacks $part: use a complete LAMMPS source tree" >&2; exit 2; }
+done
 here=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
 torch_prefix=$("$python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)') ||

@@ -1,6 +1,8 @@
 """Bad input gets a clear, specific error: from LAMMPS for the plugin, from Python for training/export."""
 
+import os
 import shutil
+import subprocess
 import zipfile
 
 import pytest
@@ -188,3 +190,25 @@ run 100000000
 
     time.sleep(0.5)
     assert running_there() == []
+
+
+def test_build_lammps_refuses_an_incomplete_tree(tmp_path):
+    """scripts/build_lammps.sh checks the LAMMPS tree before compiling anything: what LAMMPS's own install step
+    copies (doc/lammps.1, potentials/) and, with --kokkos, lib/kokkos; the message names the missing part."""
+    script = os.path.join(os.path.dirname(__file__), "..", "scripts", "build_lammps.sh")
+    tree, prefix = tmp_path / "lammps", tmp_path / "prefix"
+    (tree / "cmake").mkdir(parents=True)
+    (tree / "cmake" / "CMakeLists.txt").touch()
+    (tree / "src").mkdir()
+
+    def build(*options):
+        return subprocess.run(["bash", script, str(tree), str(prefix), *options], capture_output=True, text=True)
+
+    result = build()
+    assert result.returncode == 2 and f"{tree} lacks doc/lammps.1" in result.stderr, result.stderr
+    (tree / "doc").mkdir()
+    (tree / "doc" / "lammps.1").touch()
+    (tree / "potentials").mkdir()
+    result = build("--kokkos", "openmp")
+    assert result.returncode == 2 and "lacks lib/kokkos/CMakeLists.txt" in result.stderr, result.stderr
+    assert not prefix.exists()
