@@ -22,8 +22,10 @@ MODELS = {"allegro": HYPER, "nequip": NEQUIP_HYPER}
 # Other corners of each model's options, checked for symmetry, gradients and locality in float64.
 VARIANTS = {
     "allegro-lmax1-noparity-1layer": ("allegro", dict(MODELS["allegro"], l_max=1, parity=False, num_layers=1)),
-    "allegro-lmax3-3layers-residual-readout-all": (
-        "allegro", dict(MODELS["allegro"], l_max=3, num_layers=3, latent_update="residual", readout_latents="all")
+    "allegro-lmax3-3layers-residual-readout-all-ungated": (
+        "allegro",
+        dict(MODELS["allegro"], l_max=3, num_layers=3, latent_update="residual", readout_latents="all",
+             tensor_gating=False),
     ),
     "allegro-4layers-pertype-cutoffs-zbl-concat-embedding-envelope-every-layer": (
         "allegro",
@@ -438,3 +440,13 @@ def test_checkpoints_that_stored_zbl_constants_load():
             assert torch.equal(a, b), name
         assert not hasattr(loaded.head.zbl, "phi_c")
         assert loaded.head.zbl.half_coulomb[0, 1] == pytest.approx(0.5 * 14.399645 * 13 * 29, rel=1e-6)
+
+
+def test_tensor_gating_off_passes_products_on():
+    """tensor_gating false: no layer weighs its tensor product's output by the new latents (nequip-allegro
+    0.8.3's form); true (default): every layer but the last does."""
+    hyper = dict(MODELS["allegro"], num_layers=3)
+    gated = build_model("allegro", hyper, TYPE_NAMES, "float64")
+    plain = build_model("allegro", dict(hyper, tensor_gating=False), TYPE_NAMES, "float64")
+    assert [layer.tensor_weights is None for layer in gated.layers] == [False, False, True]
+    assert all(layer.tensor_weights is None for layer in plain.layers)

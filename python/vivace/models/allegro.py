@@ -69,6 +69,7 @@ class AllegroLayer(nn.Module):
         latent_update: str,
         last: bool,
         layer_envelope: bool = True,
+        tensor_gating: bool = True,
     ):
         super().__init__()
         self.env_weights = IrrepWeights(num_scalar, irreps_sh, channels)
@@ -77,8 +78,8 @@ class AllegroLayer(nn.Module):
         self.irreps_out = irreps_out
         assert scalar_components(irreps_out) == [0], "the 0e scalars lead the irreps"
         self.latent_mlp = MLP([num_latent_inputs * num_scalar + channels] + latent_hidden + [num_scalar])
-        # the last layer's tensor features feed nothing
-        self.tensor_weights = None if last else IrrepWeights(num_scalar, irreps_out, channels)
+        # the last layer's tensor features feed nothing; without gating they pass on as the product made them
+        self.tensor_weights = None if last or not tensor_gating else IrrepWeights(num_scalar, irreps_out, channels)
         self.layer_envelope = layer_envelope
         self.residual = latent_update == "residual"
         self.update_ratio = nn.Parameter(torch.ones(())) if self.residual else None
@@ -153,6 +154,7 @@ class Allegro(nn.Module):
         readout_latents: str = "last",
         two_body_embedding: str = "product",
         layer_envelope: bool = False,
+        tensor_gating: bool = True,
         avg_num_neighbors: Union[float, List[float]] = 10.0,
         edge_type_cutoffs: Optional[CutoffSpec] = None,
         energy_shift: List[float] = [],
@@ -207,6 +209,7 @@ class Allegro(nn.Module):
                 latent_update,
                 last=k == num_layers - 1,
                 layer_envelope=layer_envelope,
+                tensor_gating=tensor_gating,
             )
             layers.append(layer)
             irreps = layer.irreps_out
