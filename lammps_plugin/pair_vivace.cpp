@@ -197,9 +197,11 @@ void PairVivace::coeff(int narg, char **arg) {
   if (short_pairs != ShortPairs::off)
     for (double d : meta.shortest_distances) shortestsq_by_type.push_back(d * d);
   depth = std::max(1, meta.message_passing_depth);
-  int widest = 0;
-  for (int w : meta.feature_widths) widest = std::max(widest, w);
-  comm_forward = comm_reverse = shell ? 0 : widest;  // LAMMPS sizes its buffers from these at init
+  if (depth > 1) {  // feature rows between layers; a one-layer model leaves a derived style's own sizes alone
+    int widest = 0;
+    for (int w : meta.feature_widths) widest = std::max(widest, w);
+    comm_forward = comm_reverse = shell ? 0 : widest;  // LAMMPS sizes its buffers from these at init
+  }
 
   for (int i = 1; i <= ntypes; i++)
     for (int j = 1; j <= ntypes; j++) setflag[i][j] = (type_map[i] >= 0 && type_map[j] >= 0) ? 1 : 0;

@@ -87,6 +87,7 @@ PairAllegroKokkos<DeviceType>::PairAllegroKokkos(LAMMPS *lmp) : PairVivace(lmp, 
   datamask_modify = F_MASK | ENERGY_MASK | VIRIAL_MASK;
   centroidstressflag = CENTROID_NOTAVAIL;
   newton_off_supported = true;
+  comm_reverse = 9;  // force and per-atom virial of ghosts, newton off
   if (memory_device<DeviceType>() >= 0) preferred_cuda_device = memory_device<DeviceType>();
 }
 
@@ -102,8 +103,6 @@ PairAllegroKokkos<DeviceType>::~PairAllegroKokkos() {
 template <class DeviceType>
 void PairAllegroKokkos<DeviceType>::coeff(int narg, char **arg) {
   PairVivace::coeff(narg, arg);
-  comm_forward = 0;
-  comm_reverse = 9;  // force and per-atom virial of ghosts, newton off (set after the base, which sizes NequIP's)
   const int ntypes = atom->ntypes;
   const int T = model->metadata().num_types();
   d_type_map = Kokkos::View<int *, DeviceType>("allegro/kk:type_map", ntypes + 1);
